@@ -1,0 +1,153 @@
+"""The bijection contract every flow in the package is built from.
+
+A :class:`Transform` maps data to noise (the *normalizing* direction) and
+returns the log-absolute-determinant of its Jacobian alongside the output::
+
+    y, ladj = t(x)            # ladj = log|det dy/dx|, shape (batch,)
+    x, ladj_inv = t.inverse(y)  # ladj_inv = log|det dx/dy| = -ladj
+
+Tabular batches are ``(B, D)``, image batches ``(B, C, H, W)``; the batch
+dimension is always the first and only one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "Compose",
+    "InputOutsideDomain",
+    "Inverse",
+    "Permutation",
+    "Transform",
+]
+
+
+class InputOutsideDomain(ValueError):
+    """Raised when a transform is asked to map a point outside its domain.
+
+    Example: a logit transform given a value outside (0, 1), or a monotone
+    map with a bounded image asked to invert a value outside that image.
+    """
+
+
+class Transform(nn.Module):
+    """A bijection with a tractable log-determinant.
+
+    Subclasses implement :meth:`forward` (data -> noise) and :meth:`inverse`
+    (noise -> data); both return ``(output, logabsdet)`` where ``logabsdet``
+    has shape ``(batch,)``. ``context`` is an optional conditioning tensor
+    with the same batch size, for conditional flows.
+
+    A transform whose inverse is computed numerically (bisection, Newton, an
+    ODE solve) says so in its docstring and states its tolerance.
+    """
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward()")
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement inverse()")
+
+
+class Compose(Transform):
+    """Apply transforms in order: ``Compose(t1, t2)(x) = t2(t1(x))``.
+
+    The log-determinants add up; the inverse runs the inverses in reverse order.
+    """
+
+    def __init__(self, *transforms: Transform | Iterable[Transform]) -> None:
+        super().__init__()
+        if len(transforms) == 1 and not isinstance(transforms[0], Transform):
+            transforms = tuple(transforms[0])  # Compose([t1, t2]) as well as Compose(t1, t2)
+        for i, t in enumerate(transforms):
+            if not isinstance(t, Transform):
+                raise TypeError(f"Compose expects Transform objects, item {i} is a {type(t).__name__}")
+        self.transforms = nn.ModuleList(transforms)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        total = x.new_zeros(x.shape[0])
+        for t in self.transforms:
+            x, ladj = t(x, context)
+            total = total + ladj
+        return x, total
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        total = y.new_zeros(y.shape[0])
+        for t in reversed(self.transforms):
+            y, ladj = t.inverse(y, context)
+            total = total + ladj
+        return y, total
+
+    def __len__(self) -> int:
+        return len(self.transforms)
+
+    def __getitem__(self, i: int) -> Transform:
+        return self.transforms[i]
+
+
+class Inverse(Transform):
+    """Swap the two directions of a transform."""
+
+    def __init__(self, transform: Transform) -> None:
+        super().__init__()
+        self.base_transform = transform
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.base_transform.inverse(x, context)
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.base_transform(y, context)
+
+
+class Permutation(Transform):
+    """Permute the features along ``dim`` (1 by default: features of a ``(B, D)``
+    batch, channels of a ``(B, C, H, W)`` batch). Volume preserving.
+
+    Use :meth:`reverse` for the fixed reversal that autoregressive stacks
+    alternate with, or :meth:`random` for a seeded random permutation.
+    """
+
+    perm: Tensor
+    inv_perm: Tensor
+
+    def __init__(self, perm: Sequence[int] | Tensor, dim: int = 1) -> None:
+        super().__init__()
+        perm = torch.as_tensor(perm, dtype=torch.long)
+        if perm.ndim != 1 or not torch.equal(perm.sort().values, torch.arange(len(perm))):
+            raise ValueError(f"not a permutation of 0..{len(perm) - 1}: {perm.tolist()}")
+        if dim == 0:
+            raise ValueError("dim 0 is the batch dimension; permute features (dim >= 1)")
+        self.dim = dim
+        self.register_buffer("perm", perm)
+        self.register_buffer("inv_perm", torch.argsort(perm))
+
+    @classmethod
+    def reverse(cls, features: int, dim: int = 1) -> "Permutation":
+        return cls(torch.arange(features - 1, -1, -1), dim=dim)
+
+    @classmethod
+    def random(cls, features: int, seed: int | None = None, dim: int = 1) -> "Permutation":
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        return cls(torch.randperm(features, generator=gen), dim=dim)
+
+    def _check(self, x: Tensor) -> None:
+        if x.ndim <= self.dim or x.shape[self.dim] != len(self.perm):
+            raise ValueError(
+                f"Permutation of {len(self.perm)} features along dim {self.dim} "
+                f"got a batch of shape {tuple(x.shape)}"
+            )
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self._check(x)
+        return x.index_select(self.dim, self.perm), x.new_zeros(x.shape[0])
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self._check(y)
+        return y.index_select(self.dim, self.inv_perm), y.new_zeros(y.shape[0])
+
+    def extra_repr(self) -> str:
+        return f"features={len(self.perm)}, dim={self.dim}"

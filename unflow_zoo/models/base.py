@@ -1,0 +1,198 @@
+"""FlowModule: the LightningModule every flow family derives from."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from unflow_zoo.core.distributions import BaseDistribution, make_base
+from unflow_zoo.core.flow import Flow
+
+__all__ = ["FlowModule"]
+
+OptimizerName = Literal["adam", "adamw", "sgd"]
+SchedulerName = Literal["none", "cosine", "plateau", "step"]
+
+
+class FlowModule(L.LightningModule):
+    """Maximum-likelihood training of a :class:`~unflow_zoo.core.Flow`.
+
+    A family writes one method, :meth:`build_flow`, which reads its own
+    hyper-parameters from ``self.hparams`` and returns a Flow. Everything else,
+    NLL training, validation/test NLL and bits/dim (torchmetrics), optimizers,
+    schedulers, checkpointing, multi-GPU and mixed precision, comes from here
+    and from Lightning. A family declares its hyper-parameters as type-hinted
+    constructor arguments (LightningCLI reads them) and passes the rest on::
+
+        class MyFlow(FlowModule):
+            def __init__(self, event_shape=(2,), hidden: int = 64, **kwargs):
+                super().__init__(event_shape=event_shape, **kwargs)
+
+            def build_flow(self) -> Flow:
+                return Flow(MyTransform(self.hparams.hidden), self.make_base())
+
+    Args:
+        event_shape: shape of one data point, ``(D,)`` or ``(C, H, W)``; the CLI
+            links it from the data module.
+        base: base distribution name (``normal``, ``exponential``, ``diag-normal``).
+        lr: learning rate.
+        optimizer: ``adam``, ``adamw`` or ``sgd``.
+        weight_decay: L2 penalty (decoupled for adamw).
+        momentum: SGD momentum.
+        scheduler: ``none``, ``cosine`` (per step, to the end of training),
+            ``plateau`` (on the validation NLL) or ``step``.
+        scheduler_step_size: epochs between decays for ``step``.
+        scheduler_gamma: decay factor for ``step`` and ``plateau``.
+        scheduler_patience: epochs without improvement for ``plateau``.
+    """
+
+    registry_name: str = "custom"
+
+    def __init__(
+        self,
+        event_shape: Sequence[int] = (2,),
+        base: str = "normal",
+        lr: float = 1e-3,
+        optimizer: OptimizerName = "adam",
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        scheduler: SchedulerName = "none",
+        scheduler_step_size: int = 10,
+        scheduler_gamma: float = 0.5,
+        scheduler_patience: int = 5,
+    ) -> None:
+        super().__init__()
+        if optimizer not in ("adam", "adamw", "sgd"):
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose adam, adamw or sgd")
+        if scheduler not in ("none", "cosine", "plateau", "step"):
+            raise ValueError(f"unknown scheduler {scheduler!r}; choose none, cosine, plateau or step")
+        if isinstance(event_shape, int):
+            event_shape = (event_shape,)
+        self.save_hyperparameters()
+        self.hparams["event_shape"] = tuple(int(s) for s in event_shape)
+        self.event_shape: tuple[int, ...] = self.hparams["event_shape"]
+        self.flow: Flow = self.build_flow()
+        for stage in ("val", "test"):
+            setattr(self, f"{stage}_nll", MeanMetric())
+            setattr(self, f"{stage}_bpd", MeanMetric())
+            setattr(self, f"{stage}_kl", MeanMetric())
+
+    # ----- the hook a family writes -------------------------------------------------
+    def build_flow(self) -> Flow:
+        raise NotImplementedError(f"{type(self).__name__} must implement build_flow() -> Flow")
+
+    def make_base(self) -> BaseDistribution:
+        """The base distribution named by ``hparams.base`` over ``event_shape``."""
+        return make_base(self.hparams.base, self.event_shape)
+
+    def regularization(self) -> Tensor | float:
+        """Extra training loss added to the NLL (RNODE penalties and the like)."""
+        return 0.0
+
+    # ----- density API ----------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return math.prod(self.event_shape)
+
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.flow.log_prob(x, context)
+
+    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+        return self.flow.sample(n, context)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.flow.log_prob(x, context)
+
+    # ----- training -------------------------------------------------------------------
+    def _batch_x(self, batch: Any) -> Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if tuple(x.shape[1:]) != self.event_shape:
+            raise ValueError(
+                f"expected a batch of shape (B, {', '.join(map(str, self.event_shape))}) for "
+                f"{type(self).__name__} with event_shape={self.event_shape}, got {tuple(x.shape)}; "
+                "set model.event_shape to the data's shape (the CLI links it from the data module)"
+            )
+        return x
+
+    def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        shape = getattr(dm, "event_shape", None)
+        if shape is not None and tuple(shape) != self.event_shape:
+            raise ValueError(
+                f"the data module serves events of shape {tuple(shape)} but the model was built for "
+                f"{self.event_shape}; set model.event_shape (or let the CLI link it)"
+            )
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x = self._batch_x(batch)
+        nll = -self.log_prob(x).mean()
+        loss = nll + self.regularization()
+        self.log("train_nll", nll, prog_bar=True, batch_size=x.shape[0])
+        return loss
+
+    def _eval_step(self, stage: str, batch: Any) -> None:
+        x = self._batch_x(batch)
+        logp = self.log_prob(x)
+        nll = -logp
+        getattr(self, f"{stage}_nll").update(nll)
+        getattr(self, f"{stage}_bpd").update(nll / (self.dim * math.log(2.0)))
+        self.log(f"{stage}_nll", getattr(self, f"{stage}_nll"), prog_bar=True)
+        self.log(f"{stage}_bpd", getattr(self, f"{stage}_bpd"))
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        true_log_prob = getattr(dm, "true_log_prob", None)
+        if true_log_prob is not None:
+            truth = true_log_prob(x)
+            if truth is not None:
+                # mean of log p(x) - log q(x) over data from p: an unbiased estimate of KL(p || q),
+                # i.e. the model's NLL minus the true entropy on the same points.
+                getattr(self, f"{stage}_kl").update(truth.to(logp.dtype) - logp)
+                self.log(f"{stage}_kl", getattr(self, f"{stage}_kl"), prog_bar=stage == "val")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Projected gradient descent: modules that keep parameters in a constrained set
+        # (positive weights of monotone nets) project them back after every step.
+        with torch.no_grad():
+            for m in self.flow.modules():
+                project = getattr(m, "project_", None)
+                if callable(project):
+                    project()
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        if hp.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            opt = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        if hp.scheduler == "none":
+            return opt
+        if hp.scheduler == "cosine":
+            total = max(int(self.trainer.estimated_stepping_batches), 1)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        if hp.scheduler == "step":
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.scheduler_step_size, gamma=hp.scheduler_gamma)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, factor=hp.scheduler_gamma, patience=hp.scheduler_patience
+        )
+        has_val = self.trainer is not None and self.trainer.limit_val_batches != 0
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": sched, "monitor": "val_nll" if has_val else "train_nll"},
+        }

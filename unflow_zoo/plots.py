@@ -1,0 +1,144 @@
+"""Figures of a trained flow: data vs samples, and the learned density.
+
+Never imports a family: works on any LightningModule with ``sample(n)`` and
+``log_prob(x)`` (every FlowModule).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures go to files, never to a window
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+__all__ = ["DensityPlotCallback", "plot_density"]
+
+
+def _grid_axes(data: Tensor, points: int, pad: float = 0.15) -> list[Tensor]:
+    lo, hi = data.min(dim=0).values, data.max(dim=0).values
+    span = (hi - lo).clamp_min(1e-6)
+    return [torch.linspace(float(a - pad * s), float(b + pad * s), points) for a, b, s in zip(lo, hi, span)]
+
+
+@torch.no_grad()
+def plot_density(
+    model: Any,
+    data: Tensor,
+    n_samples: int = 2000,
+    points: int = 200,
+    true_log_prob: Any = None,
+    title: str | None = None,
+) -> plt.Figure:
+    """Figure for a flow over 1-D or 2-D data (higher D: the first two coordinates).
+
+    1-D: histogram of the data with the model density (and the true one if
+    given) on top, and a histogram of samples. 2-D: scatter of the data,
+    scatter of samples and a heat map of the learned density. ``model`` needs
+    ``sample(n)`` and ``log_prob(x)``.
+    """
+    data = data.detach().float().cpu().reshape(data.shape[0], -1)
+    d = data.shape[1]
+    samples = model.sample(n_samples).detach().float().cpu().reshape(n_samples, -1)
+    ref = next(iter(model.parameters()), None)
+    device = ref.device if ref is not None else torch.device("cpu")
+    dtype = ref.dtype if ref is not None else torch.float32
+    if d == 1:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        (x,) = _grid_axes(data, 4 * points)
+        dens = model.log_prob(x[:, None].to(device, dtype)).float().exp().cpu()
+        axes[0].hist(data[:, 0].numpy(), bins=100, density=True, alpha=0.4, label="data")
+        axes[0].plot(x.numpy(), dens.numpy(), "C1", label="model")
+        if true_log_prob is not None:
+            truth = true_log_prob(x[:, None].double())
+            if truth is not None:
+                axes[0].plot(x.numpy(), truth.exp().numpy(), "k--", lw=1, label="truth")
+        axes[0].set_title("data and learned density")
+        axes[0].legend()
+        axes[1].hist(samples[:, 0].numpy(), bins=100, density=True, color="C1", alpha=0.6)
+        axes[1].set_title("samples")
+    else:
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+        lims = _grid_axes(data[:, :2], points)
+        axes[0].scatter(data[:, 0], data[:, 1], s=1, alpha=0.3)
+        axes[0].set_title("data")
+        axes[1].scatter(samples[:, 0], samples[:, 1], s=1, alpha=0.3, color="C1")
+        axes[1].set_title("samples")
+        for ax in axes[:2]:
+            ax.set_xlim(float(lims[0][0]), float(lims[0][-1]))
+            ax.set_ylim(float(lims[1][0]), float(lims[1][-1]))
+        if d == 2:
+            gx, gy = torch.meshgrid(lims[0], lims[1], indexing="xy")
+            grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
+            logp = torch.cat([model.log_prob(c.to(device, dtype)).float().cpu() for c in grid.split(8192)])
+            axes[2].pcolormesh(gx.numpy(), gy.numpy(), logp.exp().reshape(gx.shape).numpy(), shading="auto")
+            axes[2].set_title("learned density")
+        else:
+            axes[2].hist2d(samples[:, 0].numpy(), samples[:, 1].numpy(), bins=100)
+            axes[2].set_title(f"samples, first 2 of {d} dims")
+        for ax in axes:
+            ax.set_aspect("equal", adjustable="box")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+class DensityPlotCallback(L.Callback):
+    """At the end of fit, save ``density.png`` (data vs samples and the learned
+    density) to the run folder and hand it to the logger if it takes figures.
+
+    Runs on global rank 0 only. Image-shaped data (3 or more dims per event) is skipped.
+
+    Args:
+        enabled: turn the figure off.
+        n_samples: samples drawn for the figure.
+        points: grid points per axis of the density heat map.
+        filename: file name inside the run folder.
+    """
+
+    def __init__(
+        self, enabled: bool = True, n_samples: int = 2000, points: int = 200, filename: str = "density.png"
+    ) -> None:
+        self.enabled, self.n_samples, self.points, self.filename = enabled, n_samples, points, filename
+        self.last_path: Path | None = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled or not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        dm = trainer.datamodule
+        data = None
+        for split in ("test_data", "val_data", "train_data"):
+            data = getattr(dm, split, None)
+            if data is not None and len(data) > 0:
+                break
+        if data is None or data.ndim != 2 or data.shape[1] < 1:
+            return
+        data = data[: max(self.n_samples, 5000)]
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            fig = plot_density(
+                pl_module,
+                data,
+                n_samples=self.n_samples,
+                points=self.points,
+                true_log_prob=getattr(dm, "true_log_prob", None),
+                title=f"{type(pl_module).__name__} on {getattr(dm, 'hparams', {}).get('dataset', 'data')}",
+            )
+        finally:
+            pl_module.train(was_training)
+        out = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=110)
+        self.last_path = out
+        experiment = getattr(trainer.logger, "experiment", None)
+        if hasattr(experiment, "add_figure"):
+            experiment.add_figure("density", fig, global_step=trainer.global_step)
+        plt.close(fig)
+

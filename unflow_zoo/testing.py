@@ -1,0 +1,219 @@
+"""Conformance kit for transforms and flows, public so users test their own.
+
+>>> from unflow_zoo.testing import check_transform
+>>> check_transform(MyCoupling(features=2), torch.randn(16, 2))
+
+:func:`check_transform` asserts, in float64 on a copy of the transform:
+
+1. ``forward`` and ``inverse`` return the documented shapes and finite values;
+2. ``inverse(forward(x)) == x`` (to ``inverse_atol``);
+3. the forward and inverse log-determinants cancel;
+4. the forward log-determinant equals ``log|det J|`` of the autograd Jacobian;
+5. for events with at most two numbers, ``exp(log_prob)`` of
+   ``Flow(transform, base)`` integrates to 1 on a grid (to ``grid_tol``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from unflow_zoo.core.distributions import BaseDistribution, StandardNormal
+from unflow_zoo.core.flow import Flow
+from unflow_zoo.core.transform import Transform
+
+__all__ = ["TransformReport", "check_normalization", "check_transform", "randomize_parameters_"]
+
+
+def randomize_parameters_(module: torch.nn.Module, std: float = 0.1, seed: int = 0) -> torch.nn.Module:
+    """Add seeded Gaussian noise of scale ``std`` to every parameter, in place.
+
+    Freshly built flows often start at the identity (zero-initialised last
+    layers), where every check passes trivially; perturbing the parameters
+    makes the checks test the general case.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(std * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
+    return module
+
+
+@dataclass
+class TransformReport:
+    """What :func:`check_transform` measured (all maxima over the checked points)."""
+
+    inverse_error: float
+    logdet_cancel_error: float
+    jacobian_logdet_error: float
+    normalization: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _fail(msg: str) -> None:
+    raise AssertionError(msg)
+
+
+def check_normalization(
+    flow: Flow,
+    *,
+    bounds: list[tuple[float, float]] | None = None,
+    points: int | None = None,
+    tol: float = 0.01,
+    context: Tensor | None = None,
+    n_bound_samples: int = 5000,
+    seed: int = 0,
+) -> float:
+    """Integrate ``exp(flow.log_prob)`` on a grid (trapezoid rule) and assert it is 1 within ``tol``.
+
+    Works for events of one or two numbers. ``bounds`` default to the 0.05% and
+    99.95% quantiles of ``n_bound_samples`` samples of the flow, widened by half
+    that range on each side; pass them for flows that cannot be sampled or have
+    very heavy tails. ``points`` per axis default to 20001 (1-D) or 601 (2-D).
+    Returns the integral.
+    """
+    d = math.prod(flow.event_shape)
+    if d > 2:
+        raise ValueError(f"grid normalisation needs events of at most 2 numbers, got shape {flow.event_shape}")
+    if context is not None:
+        raise ValueError("check_normalization does not support conditional flows")
+    was_training = flow.training
+    flow.eval()
+    try:
+        return _integrate(flow, d, bounds, points, tol, n_bound_samples, seed)
+    finally:
+        flow.train(was_training)
+
+
+def _integrate(
+    flow: Flow, d: int, bounds: list[tuple[float, float]] | None, points: int | None, tol: float,
+    n_bound_samples: int, seed: int,
+) -> float:
+    param = next(iter(flow.parameters()), None)
+    buf = next(iter(flow.buffers()), None)
+    ref = param if param is not None else buf
+    dtype = ref.dtype if ref is not None else torch.get_default_dtype()
+    device = ref.device if ref is not None else torch.device("cpu")
+    with torch.no_grad():
+        if bounds is None:
+            torch.manual_seed(seed)
+            s = flow.sample(n_bound_samples).reshape(n_bound_samples, d)
+            s = s[torch.isfinite(s).all(dim=1)]
+            # quantiles rather than min/max: one far outlier would stretch the grid and blur the bulk
+            lo, hi = torch.quantile(s, 0.0005, dim=0), torch.quantile(s, 0.9995, dim=0)
+            pad = 0.5 * (hi - lo) + 1e-3
+            bounds = [(float(a), float(b)) for a, b in zip(lo - pad, hi + pad)]
+        if len(bounds) != d:
+            raise ValueError(f"need {d} (low, high) bounds, got {len(bounds)}")
+        points = points or (20001 if d == 1 else 601)
+        axes = [torch.linspace(lo, hi, points, dtype=dtype, device=device) for lo, hi in bounds]
+        mesh = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, d)
+        logp = torch.cat([flow.log_prob(chunk.reshape(-1, *flow.event_shape)) for chunk in mesh.split(65536)])
+        dens = torch.exp(logp).reshape([points] * d)
+        if not torch.isfinite(dens).all():
+            _fail("exp(log_prob) is not finite everywhere on the normalisation grid")
+        total = dens
+        for ax in axes:
+            total = torch.trapezoid(total, ax, dim=0)
+        total = float(total)
+    if abs(total - 1.0) > tol:
+        _fail(f"exp(log_prob) integrates to {total:.5f} on the grid {bounds}, not 1 (tolerance {tol})")
+    return total
+
+
+def check_transform(
+    transform: Transform,
+    x: Tensor,
+    context: Tensor | None = None,
+    *,
+    inverse_atol: float = 1e-6,
+    logdet_atol: float = 1e-6,
+    logdet_rtol: float = 1e-6,
+    max_jacobian_points: int = 8,
+    check_grid: bool | None = None,
+    grid_bounds: list[tuple[float, float]] | None = None,
+    grid_points: int | None = None,
+    grid_tol: float = 0.01,
+    base: BaseDistribution | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> TransformReport:
+    """Assert that ``transform`` honours the Transform contract on the batch ``x``.
+
+    Args:
+        transform: the transform under test; a float64 copy is checked, the
+            original is left untouched.
+        x: a batch ``(B, *event_shape)`` of points inside the transform's domain.
+        context: optional conditioning batch.
+        inverse_atol: max |inverse(forward(x)) - x| allowed (numerical inverses
+            state a larger one).
+        logdet_atol, logdet_rtol: tolerance of the log-determinant checks.
+        max_jacobian_points: how many points get a full autograd Jacobian.
+        check_grid: integrate exp(log_prob) on a grid; default: when an event
+            holds at most two numbers.
+        grid_bounds, grid_points, grid_tol: see :func:`check_normalization`.
+        base: base distribution for the grid check (default standard normal).
+        dtype: precision of the checks.
+
+    Returns:
+        a :class:`TransformReport` with the measured errors.
+    """
+    if x.ndim < 2:
+        raise ValueError(f"x must be a batch (B, *event_shape), got shape {tuple(x.shape)}")
+    t = copy.deepcopy(transform).to(dtype).eval()
+    x = x.detach().to(dtype)
+    ctx = context.detach().to(dtype) if context is not None else None
+    batch, event_shape = x.shape[0], tuple(x.shape[1:])
+    d = math.prod(event_shape)
+    notes: list[str] = []
+
+    with torch.no_grad():
+        y, ladj = t(x, ctx)
+        if y.shape != x.shape:
+            _fail(f"forward changed the shape: {tuple(x.shape)} -> {tuple(y.shape)}")
+        if ladj.shape != (batch,):
+            _fail(f"forward log-det must have shape ({batch},), got {tuple(ladj.shape)}")
+        if not (torch.isfinite(y).all() and torch.isfinite(ladj).all()):
+            _fail("forward returned non-finite values")
+        x_rec, ladj_inv = t.inverse(y, ctx)
+        if x_rec.shape != x.shape or ladj_inv.shape != (batch,):
+            _fail(f"inverse returned shapes {tuple(x_rec.shape)}, {tuple(ladj_inv.shape)}")
+        inv_err = float((x_rec - x).abs().max())
+        if not inv_err <= inverse_atol:
+            _fail(f"inverse(forward(x)) differs from x by {inv_err:.3e} (tolerance {inverse_atol:.1e})")
+        cancel_err = float((ladj + ladj_inv).abs().max())
+        if not cancel_err <= logdet_atol + logdet_rtol * float(ladj.abs().max()):
+            _fail(f"forward and inverse log-dets do not cancel: max |sum| = {cancel_err:.3e}")
+
+    jac_err = 0.0
+    for i in range(min(batch, max_jacobian_points)):
+        xi = x[i : i + 1]
+        ci = ctx[i : i + 1] if ctx is not None else None
+
+        def f(flat: Tensor, ci: Tensor | None = ci) -> Tensor:
+            return t(flat.reshape(1, *event_shape), ci)[0].reshape(-1)
+
+        jac = torch.autograd.functional.jacobian(f, xi.reshape(-1))
+        sign, logabs = torch.linalg.slogdet(jac.reshape(d, d))
+        if sign == 0:
+            _fail(f"autograd Jacobian at point {i} is singular")
+        err = abs(float(logabs) - float(ladj[i]))
+        if err > logdet_atol + logdet_rtol * abs(float(logabs)):
+            _fail(
+                f"log-det at point {i} is {float(ladj[i]):.8f}, autograd Jacobian gives "
+                f"{float(logabs):.8f} (difference {err:.3e})"
+            )
+        jac_err = max(jac_err, err)
+
+    norm = None
+    if check_grid is None:
+        check_grid = d <= 2 and ctx is None
+    if check_grid:
+        b = copy.deepcopy(base).to(dtype) if base is not None else StandardNormal(event_shape).to(dtype)
+        norm = check_normalization(Flow(t, b), bounds=grid_bounds, points=grid_points, tol=grid_tol)
+    else:
+        notes.append("grid normalisation skipped")
+    return TransformReport(inv_err, cancel_err, jac_err, norm, notes)
