@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric
 
 from unflow_zoo.core.distributions import BaseDistribution, make_base
 from unflow_zoo.core.flow import Flow
+from unflow_zoo.metrics import bits_per_dim
 
 __all__ = ["FlowModule"]
 
@@ -141,7 +142,7 @@ class FlowModule(L.LightningModule):
         logp = self.log_prob(x)
         nll = -logp
         getattr(self, f"{stage}_nll").update(nll)
-        getattr(self, f"{stage}_bpd").update(nll / (self.dim * math.log(2.0)))
+        getattr(self, f"{stage}_bpd").update(bits_per_dim(nll, self.dim))
         self.log(f"{stage}_nll", getattr(self, f"{stage}_nll"), prog_bar=True)
         self.log(f"{stage}_bpd", getattr(self, f"{stage}_bpd"))
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None

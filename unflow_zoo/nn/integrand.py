@@ -42,20 +42,20 @@ _LEAKY_SLOPE = 0.01
 _aten = torch.ops.aten
 
 
-def _fast_elu_(z: Tensor) -> Tensor:
-    """ELU without autograd, ~1.5x faster than ``F.elu`` on CPU (whose ``expm1`` is not vectorised).
+def _fast_elu_(z: Tensor, scratch: Tensor | None = None) -> Tensor:
+    """ELU in place, without autograd, ~1.5x faster than ``F.elu`` on CPU (whose ``expm1`` is
+    not vectorised): :math:`\\max(e^{\\min(z, 0)} - 1, z)` equals ELU, as :math:`e^z - 1 > z`
+    for :math:`z < 0`. ``scratch``: a buffer of ``z``'s shape for the exponential."""
+    a = torch.clamp(z, max=0, out=scratch) if scratch is not None else z.clamp(max=0)
+    a.exp_().sub_(1)
+    return torch.maximum(a, z, out=z)
 
-    :math:`\\max(e^{\\min(z, 0)} - 1, z)` equals ELU: for :math:`z < 0`, :math:`e^z - 1 > z`.
-    """
-    a = z.clamp(max=0).exp_().sub_(1)
-    return torch.maximum(a, z, out=a)
 
-
-def _act_forward(name: str, z: Tensor) -> Tensor:
+def _act_forward(name: str, z: Tensor, scratch: Tensor | None = None) -> Tensor:
     """``act(z)``, in place on ``z`` where that is safe (a fresh intermediate) and autograd allows it."""
     grad = torch.is_grad_enabled() and z.requires_grad
     if name == "elu":
-        return F.elu(z, inplace=True) if grad else _fast_elu_(z)
+        return F.elu(z, inplace=True) if grad else _fast_elu_(z, scratch)
     if name == "relu":
         return F.relu(z, inplace=True)
     if name == "leaky_relu":
@@ -68,16 +68,17 @@ def _act_forward(name: str, z: Tensor) -> Tensor:
 
 
 def _act_backward(name: str, grad: Tensor, z: Tensor, a: Tensor) -> Tensor:
-    """``grad * act'(z)`` with one fused ATen kernel, from the input ``z`` or the output ``a``."""
+    """``grad * act'(z)`` with one fused ATen kernel, from the input ``z`` or the output ``a``,
+    written over ``grad`` (elementwise, so the exact aliasing is safe)."""
     if name == "elu":
-        return _aten.elu_backward(grad, 1.0, 1.0, 1.0, True, a)
+        return _aten.elu_backward.grad_input(grad, 1.0, 1.0, 1.0, True, a, grad_input=grad)
     if name == "relu":
-        return _aten.threshold_backward(grad, a, 0)
+        return _aten.threshold_backward.grad_input(grad, a, 0, grad_input=grad)
     if name == "leaky_relu":
-        return _aten.leaky_relu_backward(grad, a, _LEAKY_SLOPE, True)
+        return _aten.leaky_relu_backward.grad_input(grad, a, _LEAKY_SLOPE, True, grad_input=grad)
     if name == "tanh":
-        return _aten.tanh_backward(grad, a)
-    return _aten.silu_backward(grad, z)
+        return _aten.tanh_backward.grad_input(grad, a, grad_input=grad)
+    return _aten.silu_backward.grad_input(grad, z, grad_input=grad)
 
 
 class Integrand(nn.Module):
@@ -139,7 +140,7 @@ class Integrand(nn.Module):
         return n_out.detach(), dc, [grads.pop(0) if n else None for n in need_tensors]
 
     def parameter_groups(self) -> dict[str, list[Tensor]]:
-        """``{"W": hidden weights, "b": biases, "a": top layer}``, for tracking :math:`\\|W_t - W_0\\|`."""
+        """``{"W": hidden weights, "b": hidden biases, "a": top layer}``, for tracking :math:`\\|W_t - W_0\\|`."""
         raise NotImplementedError
 
     def forward(self, t: Tensor, h: Tensor) -> Tensor:
@@ -147,13 +148,56 @@ class Integrand(nn.Module):
         return self.evaluate(self.condition(h), t, self.path_tensors())
 
 
-def _first_layer(c: Tensor, t: Tensor, w_t: Tensor) -> Tensor:
-    """``c + t w_t`` for every point: ``(..., H)``, ``(..., K)`` -> ``(points, H)``, a fresh 2-D tensor.
+def _first_layer(c: Tensor, t: Tensor, w_t: Tensor, out: Tensor | None = None) -> Tensor:
+    """``c + t w_t`` for every point: ``(..., H)``, ``(..., K)`` -> ``(points, H)``, a fresh 2-D tensor
+    (or ``out``, of that shape).
 
     2-D because addmm outputs are then not views, so in-place activations stay cheap
     under autograd (an in-place op on a view costs a CopySlices copy).
     """
-    return torch.addcmul(c.unsqueeze(-2), t.unsqueeze(-1), w_t).reshape(-1, c.shape[-1])
+    if out is None:
+        return torch.addcmul(c.unsqueeze(-2), t.unsqueeze(-1), w_t).reshape(-1, c.shape[-1])
+    torch.addcmul(c.unsqueeze(-2), t.unsqueeze(-1), w_t, out=out.view(*t.shape, c.shape[-1]))
+    return out
+
+
+class _Workspace:
+    """Scratch ``(rows, cols)`` matrices reused from one block of integrand points to the next.
+
+    The no-grad passes of an integral (forward, backward re-evaluation, inverse)
+    run the same sequence of ``(points, hidden)`` temporaries block after block;
+    fresh ~1 MiB allocations page-fault every time (glibc returns them to the OS),
+    which costs ~15% of a training step. Buffers are per slot, dtype and device,
+    grow as needed and are only used up to ``max_numel`` numbers (larger requests
+    get ordinary allocations, so a one-off huge batch does not stay resident).
+    Never used while autograd records: a saved tensor must not be overwritten.
+    Like the module's other state, not meant for concurrent calls from several threads.
+    """
+
+    max_numel = 1 << 21  # 8 MiB of float32 per slot
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
+
+    def get(self, slot: str, rows: int, cols: int, like: Tensor) -> Tensor | None:
+        n = rows * cols
+        if n > self.max_numel or torch.is_grad_enabled():
+            return None
+        key = (slot, like.dtype, like.device)
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < n:
+            buf = torch.empty(n, dtype=like.dtype, device=like.device)
+            self._buffers[key] = buf
+        return buf[:n].view(rows, cols)
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+    def __deepcopy__(self, memo: dict) -> _Workspace:
+        return _Workspace()  # scratch: nothing worth copying
+
+    def __getstate__(self) -> dict:
+        return {"_buffers": {}}
 
 
 def _pull_back_first_layer(
@@ -270,19 +314,20 @@ class MLPIntegrand(Integrand):
     Args:
         embedding: size :math:`e` of :math:`h`.
         hidden: hidden layer widths (at least one).
-        act: hidden activation :math:`\sigma`: ``elu`` (zuko's), ``leaky_relu``
-            (UMNN's), ``relu``, ``silu`` or ``tanh``. The smooth ones (``elu`` is
-            :math:`C^1`, ``silu`` and ``tanh`` are analytic) keep Clenshaw-Curtis and
+        act: hidden activation :math:`\sigma`: ``leaky_relu`` (UMNN's, slope 0.01),
+            ``elu`` (zuko's), ``relu``, ``silu`` or ``tanh``. The smooth ones (``elu``
+            is :math:`C^1`, ``silu`` and ``tanh`` are analytic) keep Clenshaw-Curtis and
             Gauss-Legendre close to their spectral accuracy; ``leaky_relu`` and
             ``relu`` make :math:`N` piecewise linear in :math:`t` (the quadrature
-            error then falls like :math:`K^{-2}`) but are the cheapest on CPU.
+            error then falls like :math:`K^{-2}`) but are the cheapest on CPU
+            (``elu`` costs an ``exp`` per unit, forward and backward).
 
     References:
         Wehenkel & Louppe, "Unconstrained Monotonic Neural Networks", NeurIPS 2019,
         arXiv:1908.05164.
     """
 
-    def __init__(self, embedding: int, hidden: Sequence[int] = (64, 64), act: str = "elu") -> None:
+    def __init__(self, embedding: int, hidden: Sequence[int] = (64, 64), act: str = "leaky_relu") -> None:
         super().__init__()
         hidden = [int(h) for h in hidden]
         if not hidden or min(hidden) < 1 or embedding < 0:
@@ -293,6 +338,11 @@ class MLPIntegrand(Integrand):
         self.act = act
         sizes = [embedding + 1, *hidden, 1]
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(sizes[:-1], sizes[1:]))
+        self._workspace = _Workspace()
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        self._workspace.clear()  # buffers of the old dtype/device would only hold memory
+        return super()._apply(fn, recurse)
 
     def condition(self, h: Tensor) -> Tensor:
         first = self.layers[0]
@@ -304,13 +354,28 @@ class MLPIntegrand(Integrand):
             tensors += [layer.weight, layer.bias]
         return tuple(tensors)
 
-    def evaluate(self, c: Tensor, t: Tensor, tensors: Sequence[Tensor]) -> Tensor:
+    def _layers_forward(
+        self, c: Tensor, t: Tensor, tensors: Sequence[Tensor], pre: list[Tensor] | None = None,
+        post: list[Tensor] | None = None,
+    ) -> Tensor:
+        """The network on all points, ``(points, 1)``; records pre-/post-activations if asked."""
         w_t, rest = tensors[0], tensors[1:]
-        z = _first_layer(c, t, w_t)
+        ws, points = self._workspace, t.numel()
+        z = _first_layer(c, t, w_t, out=ws.get("z0", points, c.shape[-1], c))
         for i in range(len(rest) // 2):
-            z = _act_forward(self.act, z)  # every z here is a fresh intermediate
-            z = torch.addmm(rest[2 * i + 1], z, rest[2 * i].t())
-        return z.reshape(t.shape)
+            if pre is not None:
+                pre.append(z)  # read only by silu's backward, which is never in place
+            scratch = ws.get("act", points, z.shape[-1], z) if self.act == "elu" else None
+            z = _act_forward(self.act, z, scratch)  # z is a fresh intermediate or scratch: in place is safe
+            if post is not None:
+                post.append(z)
+            weight, bias = rest[2 * i], rest[2 * i + 1]
+            out = ws.get(f"z{i + 1}", points, weight.shape[0], z) if weight.shape[0] > 1 else None
+            z = torch.addmm(bias, z, weight.t(), out=out) if out is not None else torch.addmm(bias, z, weight.t())
+        return z
+
+    def evaluate(self, c: Tensor, t: Tensor, tensors: Sequence[Tensor]) -> Tensor:
+        return self._layers_forward(c, t, tensors).reshape(t.shape)
 
     def vjp(
         self,
@@ -321,19 +386,13 @@ class MLPIntegrand(Integrand):
         need_c: bool,
         need_tensors: Sequence[bool],
     ) -> tuple[Tensor, Tensor | None, list[Tensor | None]]:
-        w_t, rest = tensors[0], tensors[1:]
+        rest = tensors[1:]
         n_layers = len(rest) // 2
-        keep_input = self.act == "silu"  # silu's backward needs the pre-activation
+        ws, points = self._workspace, t.numel()
         with torch.no_grad():
-            z = _first_layer(c, t, w_t)
             pre: list[Tensor] = []
             post: list[Tensor] = []
-            for i in range(n_layers):
-                pre.append(z.clone() if keep_input else z)
-                z = _act_forward(self.act, z)
-                post.append(z)
-                z = torch.addmm(rest[2 * i + 1], z, rest[2 * i].t())
-            n_out = z.reshape(t.shape)
+            n_out = self._layers_forward(c, t, tensors, pre, post).reshape(t.shape)
             dz = cotangent(n_out).reshape(-1, 1)
             grads: list[Tensor | None] = [None] * len(tensors)
             for i in reversed(range(n_layers)):
@@ -342,16 +401,23 @@ class MLPIntegrand(Integrand):
                     grads[1 + 2 * i] = dz.t() @ post[i]
                 if need_tensors[2 + 2 * i]:
                     grads[2 + 2 * i] = dz.sum(dim=0)
-                dz = _act_backward(self.act, dz @ weight, pre[i], post[i])
+                # two scratch slots, alternating: the product must not overwrite its input dz
+                out = ws.get(f"da{i % 2}", points, weight.shape[1], dz)
+                # a single output (the top layer): a broadcast product beats a rank-1 matmul
+                if weight.shape[0] == 1:
+                    da = torch.mul(dz, weight, out=out) if out is not None else dz * weight
+                else:
+                    da = torch.mm(dz, weight, out=out) if out is not None else dz @ weight
+                dz = _act_backward(self.act, da, pre[i], post[i])
             dc, grads[0] = _pull_back_first_layer(dz, t, need_c, need_tensors[0])
         return n_out, dc, grads
 
     def parameter_groups(self) -> dict[str, list[Tensor]]:
-        hidden = list(self.layers[:-1])
+        hidden, top = list(self.layers[:-1]), self.layers[-1]
         return {
             "W": [layer.weight for layer in hidden],
-            "b": [layer.bias for layer in self.layers],
-            "a": [self.layers[-1].weight],
+            "b": [layer.bias for layer in hidden],
+            "a": [top.weight, top.bias],
         }
 
     def extra_repr(self) -> str:
@@ -364,7 +430,7 @@ def make_integrand(
     *,
     width: int = 256,
     hidden: Sequence[int] = (64, 64),
-    act: str = "elu",
+    act: str = "leaky_relu",
     std_a: float = 0.25,
     init: PaperInit = "gaussian-sqrt-m",
     train_top: bool = False,

@@ -3,5 +3,20 @@
 from unflow_zoo.transforms.affine import Affine, soft_clamp
 from unflow_zoo.transforms.autoregressive import MaskedAffineAutoregressive
 from unflow_zoo.transforms.coupling import AffineCoupling, alternating_mask
+from unflow_zoo.transforms.integral import UnconstrainedMonotoneTransform, neural_integral
+from unflow_zoo.transforms.monotone import ConstrainedMonotone, ConstrainedMonotone1d
+from unflow_zoo.transforms.quadrature import Quadrature, quadrature_rule
 
-__all__ = ["Affine", "AffineCoupling", "MaskedAffineAutoregressive", "alternating_mask", "soft_clamp"]
+__all__ = [
+    "Affine",
+    "AffineCoupling",
+    "ConstrainedMonotone",
+    "ConstrainedMonotone1d",
+    "MaskedAffineAutoregressive",
+    "Quadrature",
+    "UnconstrainedMonotoneTransform",
+    "alternating_mask",
+    "neural_integral",
+    "quadrature_rule",
+    "soft_clamp",
+]

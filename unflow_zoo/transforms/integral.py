@@ -14,11 +14,20 @@ log-determinant needs no quadrature at all: only :math:`N` at :math:`x_i`.
 
 The integral is a fixed-node quadrature (:mod:`~unflow_zoo.transforms.quadrature`)
 computed in :class:`NeuralIntegral`, a custom autograd function: the forward
-pass evaluates all ``B * D * K`` integrand points in one batched network call
-under ``no_grad`` and stores nothing per node; the backward pass applies the
-Leibniz rule (``dF/dx = g(x)``, ``dF/dx0 = -g(x0)``) and re-evaluates the
-integrand at the nodes to get the parameter gradients, so memory does not grow
-with ``K`` (UMNN's ``ParallelNeuralIntegral``).
+pass evaluates the ``B * D * K`` integrand points under ``no_grad`` as batched
+matmul chains (no loop over nodes or coordinates; blocks of whole integrals of
+about ``chunk`` points, sized to stay in cache) and stores nothing per node; the
+backward pass applies the Leibniz rule (``dF/dx = g(x)``, ``dF/dx0 = -g(x0)``)
+and re-evaluates the integrand at the nodes, with a hand-written vector-Jacobian
+product, to get the parameter gradients, so memory does not grow with ``K``
+(UMNN's ``ParallelNeuralIntegral``).
+
+Speed (CPU, one thread, D = 8, batch 512, 3 layers, integrand and MADE [64, 64],
+32 Gauss-Legendre nodes): a training step takes ~0.22 s with the leaky-ReLU
+integrand (~0.29 s with ELU), against ~0.64 s when all points go through one
+network call (``chunk=0``: the (points, 64) activations then miss the cache on
+every elementwise pass) and ~1.25 s for ``zuko.flows.UNAF``; sampling 512 points
+takes ~0.35 s against ~70 s.
 
 Note that the transform *is* the quadrature :math:`Q(x)`, whose derivative differs
 from :math:`g(x)` by the quadrature error: the log-determinant (and the autograd
@@ -63,7 +72,7 @@ __all__ = [
 ]
 
 PhiName = Literal["elu", "softplus", "exp"]
-# Integrand points per block: (points, 64) float32 activations of 1 MiB fit in L2.
+# Integrand points per block: (points, 64) float32 activations of 2 MiB, about one L2.
 DEFAULT_CHUNK = 8192
 PHI_NAMES: tuple[str, ...] = ("elu", "softplus", "exp")
 
@@ -129,10 +138,12 @@ class NeuralIntegral(torch.autograd.Function):
     (see :meth:`~unflow_zoo.nn.integrand.Integrand.condition`), a rule ``nodes``,
     ``weights`` on [0, 1], and ``tensors`` = ``integrand.path_tensors()``.
 
-    Forward: ``integrand.evaluate`` on all ``numel(x) * K`` points under
-    ``no_grad``, in blocks of about ``chunk`` points (whole integrals per block), so
-    that the ``(points, hidden)`` activations stay in cache: on CPU the elementwise
-    passes, not the matmuls, would otherwise dominate. Only the inputs are saved.
+    Forward: ``integrand.evaluate`` on all ``numel(x) * K`` points (and on ``x``
+    itself, for the backward's Leibniz term) under ``no_grad``, in blocks of about
+    ``chunk`` points (whole integrals per block; ``chunk <= 0``: one block), so that
+    the ``(points, hidden)`` activations stay in cache: on CPU the elementwise
+    passes, not the matmuls, would otherwise dominate (2.6x slower training in one
+    block at D = 8, batch 512). Only the inputs and :math:`g(x)` are saved.
     Backward (first order only):
 
     .. math::
@@ -142,8 +153,9 @@ class NeuralIntegral(torch.autograd.Function):
         \frac{\partial F}{\partial \theta} = (x - x_0) \sum_k w_k \frac{\partial g(t_k)}{\partial \theta}
 
     for :math:`\theta` in ``c`` and ``tensors``, by re-evaluating the integrand at
-    the nodes (and at :math:`x`, :math:`x_0`) block by block with autograd on, so
-    memory does not grow with ``K``. The parameter gradients equal plain autograd
+    the nodes block by block with :meth:`~unflow_zoo.nn.integrand.Integrand.vjp`
+    (hand-written for the package's integrands, autograd otherwise), so memory does
+    not grow with ``K``. The parameter gradients equal plain autograd
     through the quadrature; the :math:`x` gradient is that of the exact integral
     (UMNN's choice), which is what makes the autograd Jacobian agree with the
     log-determinant :math:`\sum_i \log g(x_i)`.
@@ -247,8 +259,8 @@ def _flat(x: Tensor, x0: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _blocks(n: int, chunk: int, k: int) -> list[slice]:
-    """Slices of ``range(n)`` holding about ``chunk`` integrand points each (``k`` per row)."""
-    rows = max(1, chunk // max(k, 1))
+    """Slices of ``range(n)`` of about ``chunk`` integrand points each (``k`` per row; ``chunk <= 0``: one slice)."""
+    rows = max(1, chunk // max(k, 1)) if chunk > 0 else max(n, 1)
     return [slice(s, min(s + rows, n)) for s in range(0, n, rows)]
 
 
@@ -337,7 +349,7 @@ class UnconstrainedMonotoneTransform(Transform):
         inverse_tol: absolute tolerance of the inverse in :math:`x`.
         max_iter: iteration cap of the inverse solver (bracketing + Newton).
         chunk: integrand points per block in :class:`NeuralIntegral` (a speed knob:
-            blocks whose activations fit in cache; no effect on the result).
+            blocks whose activations fit in cache; ``0``: one block; no effect on the result).
 
     References:
         | Wehenkel & Louppe, "Unconstrained Monotonic Neural Networks", NeurIPS 2019, arXiv:1908.05164.
@@ -356,7 +368,7 @@ class UnconstrainedMonotoneTransform(Transform):
         *,
         width: int = 256,
         hidden: Sequence[int] = (64, 64),
-        act: str = "elu",
+        act: str = "leaky_relu",
         embedding: int = 16,
         conditioner_hidden: Sequence[int] = (64, 64),
         context_features: int = 0,
