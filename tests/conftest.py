@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import lightning as L
 import pytest
 import torch
 
-# Two cores on CI: more intra-op threads than cores only adds contention.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The test tensors are small: one intra-op thread is as fast, and on a busy 2-core machine a
+# second OpenMP thread makes every parallel op wait for a time slice (measured: up to 50x slower).
+torch.set_num_threads(1)
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*GPU available but not used.*")
 

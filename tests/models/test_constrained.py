@@ -15,14 +15,6 @@ from unflow_zoo.testing import check_transform, randomize_parameters_
 from unflow_zoo.transforms.monotone import ConstrainedMonotone
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _mixture(n: int = 2000, seed: int = 0) -> torch.Tensor:
     """0.5 N(-2.5, 1) + 0.5 N(2.5, 1), standardised like the paper's runs."""
     gen = torch.Generator().manual_seed(seed)

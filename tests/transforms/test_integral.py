@@ -24,16 +24,6 @@ from unflow_zoo.transforms.integral import (
 from unflow_zoo.transforms.quadrature import Quadrature
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are small: one thread is as fast, and on a busy 2-core machine a second
-    OpenMP thread makes every parallel op wait for a time slice (measured: 50x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 F64 = torch.float64
 SMALL = dict(hidden=(16, 16), embedding=4, conditioner_hidden=(16, 16))
 

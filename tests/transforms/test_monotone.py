@@ -18,15 +18,6 @@ from unflow_zoo.transforms.monotone import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: a second intra-op thread only adds contention on a 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _spread(t: ConstrainedMonotone, seed: int) -> ConstrainedMonotone:
     """Move away from the tiny initial output weights so the tanh part shapes the density."""
     randomize_parameters_(t, std=0.3, seed=seed)

@@ -12,16 +12,6 @@ from hypothesis import strategies as st
 from unflow_zoo.transforms.quadrature import QUADRATURE_RULES, Quadrature, quadrature_rule
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are small: one thread is as fast, and on a busy 2-core machine a second
-    OpenMP thread makes every parallel op wait for a time slice (measured: 50x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 RULES = list(QUADRATURE_RULES)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning as L
@@ -13,9 +13,29 @@ from torchmetrics import MeanMetric
 
 from unflow_zoo.core.distributions import BaseDistribution, make_base
 from unflow_zoo.core.flow import Flow
+from unflow_zoo.core.transform import Compose, Permutation, Transform
 from unflow_zoo.metrics import bits_per_dim
 
-__all__ = ["FlowModule"]
+__all__ = ["FlowModule", "stack_with_permutations"]
+
+def stack_with_permutations(
+    make_layer: Callable[[int], Transform], n_layers: int, features: int, permutation: str = "reverse"
+) -> Compose:
+    """``n_layers`` transforms from ``make_layer(k)``, with the feature order reversed (or
+    permuted at random, seeded by ``k``) between consecutive ones, so that every feature
+    gets to condition on every other. No permutation for a single feature."""
+    if n_layers < 1:
+        raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+    if permutation not in ("reverse", "random"):
+        raise ValueError(f"unknown permutation {permutation!r}; choose 'reverse' or 'random'")
+    layers: list[Transform] = []
+    for k in range(n_layers):
+        if k > 0 and features > 1:
+            perm = Permutation.reverse(features) if permutation == "reverse" else Permutation.random(features, seed=k)
+            layers.append(perm)
+        layers.append(make_layer(k))
+    return Compose(layers)
+
 
 OptimizerName = Literal["adam", "adamw", "sgd"]
 SchedulerName = Literal["none", "cosine", "plateau", "step"]
@@ -91,6 +111,15 @@ class FlowModule(L.LightningModule):
     def make_base(self) -> BaseDistribution:
         """The base distribution named by ``hparams.base`` over ``event_shape``."""
         return make_base(self.hparams.base, self.event_shape)
+
+    def vector_features(self) -> int:
+        """``D`` for a family that works on vectors; a clear error for image-shaped events."""
+        if len(self.event_shape) != 1:
+            raise ValueError(
+                f"{self.registry_name} works on vectors, event_shape (D,); got {self.event_shape}. "
+                "Flatten the data first"
+            )
+        return self.event_shape[0]
 
     def regularization(self) -> Tensor | float:
         """Extra training loss added to the NLL (RNODE penalties and the like)."""

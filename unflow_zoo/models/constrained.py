@@ -8,8 +8,7 @@ from typing import Any, Literal
 from torch import Tensor
 
 from unflow_zoo.core.flow import Flow
-from unflow_zoo.core.transform import Compose, Permutation, Transform
-from unflow_zoo.models.base import FlowModule
+from unflow_zoo.models.base import FlowModule, stack_with_permutations
 from unflow_zoo.models.registry import register_model
 from unflow_zoo.transforms.monotone import PARAMETER_GROUPS, ConstrainedMonotone
 
@@ -93,32 +92,23 @@ class ConstrainedFlow(FlowModule):
 
     def build_flow(self) -> Flow:
         hp = self.hparams
-        if len(self.event_shape) != 1:
-            raise ValueError(
-                f"constrained flows work on vectors, event_shape (D,); got {self.event_shape} "
-                "(flatten images first)"
-            )
-        if hp.n_layers < 1:
-            raise ValueError(f"n_layers must be >= 1, got {hp.n_layers}")
-        d = self.event_shape[0]
-        layers: list[Transform] = []
-        for k in range(hp.n_layers):
-            if k > 0 and d > 1:
-                layers.append(Permutation.reverse(d))
-            layers.append(
-                ConstrainedMonotone(
-                    d,
-                    width=hp.width,
-                    depth=hp.depth,
-                    positivity=hp.positivity,
-                    init=hp.init,
-                    std_a=hp.std_a,
-                    eps=hp.eps,
-                    linear_term=hp.linear_term,
-                    train_layers=tuple(hp.train_layers),
-                )
-            )
-        return Flow(Compose(layers), self.make_base())
+        d = self.vector_features()
+        transform = stack_with_permutations(
+            lambda k: ConstrainedMonotone(
+                d,
+                width=hp.width,
+                depth=hp.depth,
+                positivity=hp.positivity,
+                init=hp.init,
+                std_a=hp.std_a,
+                eps=hp.eps,
+                linear_term=hp.linear_term,
+                train_layers=tuple(hp.train_layers),
+            ),
+            hp.n_layers,
+            d,
+        )
+        return Flow(transform, self.make_base())
 
     @property
     def blocks(self) -> list[ConstrainedMonotone]:

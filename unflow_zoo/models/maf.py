@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from unflow_zoo.core.flow import Flow
-from unflow_zoo.core.transform import Compose, Permutation, Transform
-from unflow_zoo.models.base import FlowModule
+from unflow_zoo.models.base import FlowModule, stack_with_permutations
 from unflow_zoo.models.registry import register_model
 from unflow_zoo.transforms.autoregressive import MaskedAffineAutoregressive
 
@@ -49,12 +48,8 @@ class MaskedAutoregressiveFlow(FlowModule):
 
     def build_flow(self) -> Flow:
         hp = self.hparams
-        if len(self.event_shape) != 1:
-            raise ValueError(f"maf works on vectors, event_shape (D,); got {self.event_shape}")
-        d = self.event_shape[0]
-        layers: list[Transform] = []
-        for k in range(hp.n_layers):
-            if k > 0:
-                layers.append(Permutation.reverse(d))
-            layers.append(MaskedAffineAutoregressive(d, hp.hidden, hp.act, scale_clamp=hp.scale_clamp))
-        return Flow(Compose(layers), self.make_base())
+        d = self.vector_features()
+        transform = stack_with_permutations(
+            lambda k: MaskedAffineAutoregressive(d, hp.hidden, hp.act, scale_clamp=hp.scale_clamp), hp.n_layers, d
+        )
+        return Flow(transform, self.make_base())

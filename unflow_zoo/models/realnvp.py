@@ -45,11 +45,9 @@ class RealNVP(FlowModule):
 
     def build_flow(self) -> Flow:
         hp = self.hparams
-        if len(self.event_shape) != 1 or self.event_shape[0] < 2:
-            raise ValueError(
-                f"realnvp couples halves of a vector and needs event_shape (D,) with D >= 2, got {self.event_shape}"
-            )
-        d = self.event_shape[0]
+        d = self.vector_features()
+        if d < 2:
+            raise ValueError(f"realnvp couples halves of a vector and needs event_shape (D,) with D >= 2, got ({d},)")
         layers = [
             AffineCoupling(alternating_mask(d, k % 2), hp.hidden, hp.act, scale_clamp=hp.scale_clamp)
             for k in range(hp.n_layers)

@@ -7,8 +7,7 @@ from typing import Any, Literal
 from torch import Tensor
 
 from unflow_zoo.core.flow import Flow
-from unflow_zoo.core.transform import Compose, Permutation, Transform
-from unflow_zoo.models.base import FlowModule
+from unflow_zoo.models.base import FlowModule, stack_with_permutations
 from unflow_zoo.models.registry import register_model
 from unflow_zoo.transforms.integral import UnconstrainedMonotoneTransform
 
@@ -114,50 +113,39 @@ class UnconstrainedFlow(FlowModule):
         permutation: Literal["reverse", "random"] = "reverse",
         **kwargs: Any,
     ) -> None:
-        if n_layers < 1:
-            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
-        if permutation not in ("reverse", "random"):
-            raise ValueError(f"unknown permutation {permutation!r}; choose 'reverse' or 'random'")
         super().__init__(event_shape=event_shape, **kwargs)
 
     def build_flow(self) -> Flow:
         hp = self.hparams
-        if len(self.event_shape) != 1:
-            raise ValueError(
-                f"unconstrained flows work on vectors, event_shape (D,); got {self.event_shape}. "
-                "Flatten the data first"
-            )
-        d = self.event_shape[0]
+        d = self.vector_features()
         # A non-negative image for the exponential base: beta = 0 in every layer; the first
         # integrates from the lower limit, the others from 0, so x >= x0 <=> y >= 0 all the way.
         exponential = hp.base == "exponential"
         lower = float(hp.lower_limit) if hp.lower_limit is not None else 0.0
-        layers: list[Transform] = []
-        for k in range(hp.n_layers):
-            if k > 0 and d > 1:
-                perm = Permutation.reverse(d) if hp.permutation == "reverse" else Permutation.random(d, seed=k)
-                layers.append(perm)
-            layers.append(
-                UnconstrainedMonotoneTransform(
-                    d,
-                    hp.integrand,
-                    width=hp.width,
-                    hidden=hp.hidden,
-                    act=hp.activation,
-                    embedding=hp.embedding,
-                    conditioner_hidden=hp.conditioner_hidden,
-                    quadrature=hp.quadrature,
-                    n_nodes=hp.n_nodes,
-                    phi=hp.phi,
-                    lower_limit=lower if k == 0 else 0.0,
-                    offset=not exponential,
-                    min_slope=hp.min_slope,
-                    std_a=hp.std_a,
-                    init=hp.init,
-                    train_top=hp.train_top,
-                )
-            )
-        return Flow(Compose(layers), self.make_base())
+        transform = stack_with_permutations(
+            lambda k: UnconstrainedMonotoneTransform(
+                d,
+                hp.integrand,
+                width=hp.width,
+                hidden=hp.hidden,
+                act=hp.activation,
+                embedding=hp.embedding,
+                conditioner_hidden=hp.conditioner_hidden,
+                quadrature=hp.quadrature,
+                n_nodes=hp.n_nodes,
+                phi=hp.phi,
+                lower_limit=lower if k == 0 else 0.0,
+                offset=not exponential,
+                min_slope=hp.min_slope,
+                std_a=hp.std_a,
+                init=hp.init,
+                train_top=hp.train_top,
+            ),
+            hp.n_layers,
+            d,
+            hp.permutation,
+        )
+        return Flow(transform, self.make_base())
 
     @property
     def transforms(self) -> list[UnconstrainedMonotoneTransform]:
