@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["bits_per_dim", "gaussian_nll"]
+__all__ = ["bits_per_dim", "fit_gaussian", "gaussian_nll"]
 
 
 def gaussian_nll(data: Tensor) -> float:
@@ -35,3 +35,26 @@ def gaussian_nll(data: Tensor) -> float:
 def bits_per_dim(nll: Tensor | float, dim: int) -> Tensor | float:
     """Convert a per-example NLL in nats to bits per dimension."""
     return nll / (dim * math.log(2.0))
+
+
+def fit_gaussian(data: Tensor) -> torch.distributions.MultivariateNormal:
+    """The maximum-likelihood Gaussian of ``data`` ``(N, D)``, in float64 on the data's device.
+
+    A singular covariance (a constant coordinate, fewer points than dimensions) is
+    ridged with the smallest jitter, relative to its scale, that makes it positive definite.
+    """
+    x = data.detach().reshape(data.shape[0], -1).double()
+    if not torch.isfinite(x).all():
+        raise ValueError("cannot fit the Gaussian baseline: the training data hold NaN or inf")
+    mean = x.mean(dim=0)
+    cov = torch.cov(x.T, correction=0).reshape(x.shape[1], x.shape[1]) if x.shape[0] > 1 else torch.zeros(
+        x.shape[1], x.shape[1], dtype=x.dtype, device=x.device
+    )
+    scale = float(torch.diagonal(cov).mean()) or 1.0
+    eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    chol, info = torch.linalg.cholesky_ex(cov)
+    jitter = 1e-12
+    while int(info) != 0:
+        chol, info = torch.linalg.cholesky_ex(cov + jitter * scale * eye)
+        jitter *= 10
+    return torch.distributions.MultivariateNormal(mean, scale_tril=chol, validate_args=False)

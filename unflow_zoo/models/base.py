@@ -14,9 +14,10 @@ from torchmetrics import MeanMetric
 from unflow_zoo.core.distributions import BaseDistribution, make_base
 from unflow_zoo.core.flow import Flow
 from unflow_zoo.core.transform import Compose, Permutation, Transform
-from unflow_zoo.metrics import bits_per_dim
+from unflow_zoo.metrics import bits_per_dim, fit_gaussian
 
 __all__ = ["FlowModule", "stack_with_permutations"]
+
 
 def stack_with_permutations(
     make_layer: Callable[[int], Transform], n_layers: int, features: int, permutation: str = "reverse"
@@ -42,11 +43,12 @@ SchedulerName = Literal["none", "cosine", "plateau", "step"]
 
 
 class FlowModule(L.LightningModule):
-    """Maximum-likelihood training of a :class:`~unflow_zoo.core.Flow`.
+    r"""Maximum-likelihood training of a :class:`~unflow_zoo.core.Flow`.
 
     A family writes one method, :meth:`build_flow`, which reads its own
     hyper-parameters from ``self.hparams`` and returns a Flow. Everything else,
-    NLL training, validation/test NLL and bits/dim (torchmetrics), optimizers,
+    NLL training, validation/test NLL and bits/dim (torchmetrics), the
+    Gaussian baseline and the KL to a known density (below), optimizers,
     schedulers, checkpointing, multi-GPU and mixed precision, comes from here
     and from Lightning. A family declares its hyper-parameters as type-hinted
     constructor arguments (LightningCLI reads them) and passes the rest on::
@@ -57,6 +59,19 @@ class FlowModule(L.LightningModule):
 
             def build_flow(self) -> Flow:
                 return Flow(MyTransform(self.hparams.hidden), self.make_base())
+
+    Validation and test also log, where the trainer's data module knows:
+
+    - ``{stage}_kl``: the NLL minus the true log-density, an estimate of
+      :math:`\mathrm{KL}(p\,\|\,q)`, when it has ``true_log_prob``;
+    - ``{stage}_gaussian_nll``: the NLL, on the evaluated split, of the
+      maximum-likelihood Gaussian fitted to its ``train_data`` (tabular
+      ``(N, D)`` data only; mean and covariance in float64, fitted at the start
+      of each evaluation epoch; a singular covariance is ridged by a tiny jitter). It is the best an
+      affine flow can do, so ``val_nll - val_gaussian_nll`` is what the family's
+      non-linearity buys (Liao & He, "Jacobian Determinant of Normalizing
+      Flows", 2021; :func:`unflow_zoo.metrics.gaussian_nll` is its value on the
+      training data itself).
 
     Args:
         event_shape: shape of one data point, ``(D,)`` or ``(C, H, W)``; the CLI
@@ -103,6 +118,10 @@ class FlowModule(L.LightningModule):
             setattr(self, f"{stage}_nll", MeanMetric())
             setattr(self, f"{stage}_bpd", MeanMetric())
             setattr(self, f"{stage}_kl", MeanMetric())
+            setattr(self, f"{stage}_gaussian_nll", MeanMetric())
+        # the ML Gaussian of the data module's training split, refitted at the start of every
+        # evaluation epoch (O(N D^2), small next to evaluating a flow) so it never goes stale
+        self._gaussian_baseline: torch.distributions.MultivariateNormal | None = None
 
     # ----- the hook a family writes -------------------------------------------------
     def build_flow(self) -> Flow:
@@ -183,6 +202,24 @@ class FlowModule(L.LightningModule):
                 # i.e. the model's NLL minus the true entropy on the same points.
                 getattr(self, f"{stage}_kl").update(truth.to(logp.dtype) - logp)
                 self.log(f"{stage}_kl", getattr(self, f"{stage}_kl"), prog_bar=stage == "val")
+        baseline = self._gaussian_baseline
+        if baseline is not None:
+            nll_gauss = -baseline.log_prob(x.detach().to(baseline.loc.device, torch.float64))
+            getattr(self, f"{stage}_gaussian_nll").update(nll_gauss.to(x.device, torch.float32))
+            self.log(f"{stage}_gaussian_nll", getattr(self, f"{stage}_gaussian_nll"))
+
+    def _fit_gaussian_baseline(self) -> None:
+        """Fit the ML Gaussian of ``datamodule.train_data`` when it is tabular ``(N, D)`` data."""
+        dm = getattr(self.trainer, "datamodule", None)
+        train = getattr(dm, "train_data", None)
+        tabular = isinstance(train, Tensor) and train.ndim == 2 and tuple(train.shape[1:]) == self.event_shape
+        self._gaussian_baseline = fit_gaussian(train) if tabular else None
+
+    def on_validation_epoch_start(self) -> None:
+        self._fit_gaussian_baseline()
+
+    def on_test_epoch_start(self) -> None:
+        self._fit_gaussian_baseline()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step("val", batch)
