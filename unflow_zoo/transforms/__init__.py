@@ -6,6 +6,7 @@ from unflow_zoo.transforms.coupling import AffineCoupling, alternating_mask
 from unflow_zoo.transforms.linear import LULinear
 from unflow_zoo.transforms.integral import UnconstrainedMonotoneTransform, neural_integral
 from unflow_zoo.transforms.monotone import ConstrainedMonotone, ConstrainedMonotone1d
+from unflow_zoo.transforms.sigmoidal import DSFAutoregressive
 from unflow_zoo.transforms.spline import RQSAutoregressive, RQSCoupling, rational_quadratic_spline
 from unflow_zoo.transforms.quadrature import Quadrature, quadrature_rule
 
@@ -14,6 +15,7 @@ __all__ = [
     "AffineCoupling",
     "ConstrainedMonotone",
     "ConstrainedMonotone1d",
+    "DSFAutoregressive",
     "LULinear",
     "MaskedAffineAutoregressive",
     "Quadrature",

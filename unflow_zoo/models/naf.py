@@ -1,0 +1,82 @@
+"""Neural autoregressive flows: stacked autoregressive deep sigmoidal flow layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from unflow_zoo.core.flow import Flow
+from unflow_zoo.models.base import FlowModule, stack_with_permutations
+from unflow_zoo.models.registry import register_model
+from unflow_zoo.transforms.sigmoidal import DSFAutoregressive
+
+__all__ = ["NeuralAutoregressiveFlow"]
+
+
+@register_model("naf")
+class NeuralAutoregressiveFlow(FlowModule):
+    r"""Neural autoregressive flow (NAF-DSF): ``n_layers`` autoregressive deep
+    sigmoidal flow layers with the feature order reversed between them. Each
+    feature goes through a small monotone neural network whose weights
+    ("pseudo-parameters") a MADE computes from the preceding features:
+
+    .. math:: z_i = f_{\theta_i(x_{<i})}(x_i), \qquad
+              f(x) = \sigma^{-1}\Big((1 - \delta) \textstyle\sum_{j=1}^{n} w_j\,
+                     \sigma(a_j x + b_j) + \delta / 2\Big),
+
+    with :math:`a_j > 0` (softplus), :math:`w` on the simplex (softmax), ``n =
+    dsf_units`` and ``dsf_depth`` such maps composed per layer; the log-det
+    :math:`\sum_i \log f'(x_i)` is computed in log space. This is the deep
+    constrained-monotone counterpart of the seed paper's constrained family
+    (``constrained``: a positive-weight monotone network with fixed weights):
+    here the monotone network's positive weights are themselves outputs of a
+    conditioner.
+
+    Densities take one MADE pass per layer. Sampling inverts each layer by
+    bisection, one coordinate at a time (``D`` passes per layer), to one ulp
+    of the working precision. The :math:`\delta = 10^{-6}` mixing (from the NAF
+    reference code) keeps the logit finite; it makes each layer a bijection of
+    :math:`\mathbb{R}` onto :math:`(-L, L)`, :math:`L \approx 14.5`, which
+    holds all but :math:`10^{-46}` of a standard normal base.
+
+    Args:
+        event_shape: ``(D,)``.
+        n_layers: number of DSF layers.
+        hidden: hidden widths of each MADE.
+        dsf_units: :math:`n`, sigmoid units per DSF map.
+        dsf_depth: DSF maps composed per layer (1: DSF, as in the paper's experiments).
+        act: activation of the MADEs.
+        **kwargs: :class:`~unflow_zoo.models.base.FlowModule` options (base, lr, optimizer, ...).
+
+    References:
+        Huang, Krueger, Lacoste & Courville, "Neural Autoregressive Flows", ICML 2018,
+        arXiv:1804.00779.
+        Germain, Gregor, Murray & Larochelle, "MADE: Masked Autoencoder for
+        Distribution Estimation", ICML 2015.
+        Shah, Deshpande & Goyal, "Learning and Generalization in Overparameterized
+        Normalizing Flows", AISTATS 2022, arXiv:2106.10535.
+    """
+
+    def __init__(
+        self,
+        event_shape: tuple[int, ...] = (2,),
+        n_layers: int = 3,
+        hidden: list[int] = [64, 64],  # noqa: B006  (jsonargparse needs a literal default)
+        dsf_units: int = 16,
+        dsf_depth: int = 1,
+        act: str = "relu",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(event_shape=event_shape, **kwargs)
+
+    def build_flow(self) -> Flow:
+        hp = self.hparams
+        d = self.vector_features()
+        if hp.dsf_units < 1:
+            raise ValueError(f"naf needs dsf_units >= 1, got {hp.dsf_units}")
+        if hp.dsf_depth < 1:
+            raise ValueError(f"naf needs dsf_depth >= 1, got {hp.dsf_depth}")
+
+        def make(k: int) -> DSFAutoregressive:
+            return DSFAutoregressive(d, hp.hidden, hp.dsf_units, hp.dsf_depth, hp.act)
+
+        return Flow(stack_with_permutations(make, hp.n_layers, d), self.make_base())
