@@ -37,3 +37,18 @@ def quiet_trainer(**kwargs) -> L.Trainer:
 @pytest.fixture
 def trainer_factory():
     return quiet_trainer
+
+
+def _two_moons(n: int, seed: int) -> torch.Tensor:
+    """Two noisy half-circles (like scikit-learn's moons), seeded, float32 ``(n, 2)``."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand(n, generator=g) * 3.1416
+    upper = torch.rand(n, generator=g) < 0.5
+    x = torch.stack([torch.cos(t), torch.sin(t)], 1)
+    x = torch.where(upper[:, None], x, torch.stack([1 - torch.cos(t), 0.5 - torch.sin(t)], 1))
+    return (x + 0.1 * torch.randn(n, 2, generator=g)).float()
+
+
+@pytest.fixture
+def two_moons():
+    return _two_moons

@@ -31,18 +31,9 @@ def test_realnvp_needs_two_features():
         create_model("realnvp", event_shape=(1,))
 
 
-def _two_moons_like(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    t = torch.rand(n, generator=g) * 3.1416
-    upper = torch.rand(n, generator=g) < 0.5
-    x = torch.stack([torch.cos(t), torch.sin(t)], 1)
-    x = torch.where(upper[:, None], x, torch.stack([1 - torch.cos(t), 0.5 - torch.sin(t)], 1))
-    return (x + 0.1 * torch.randn(n, 2, generator=g)).float()
-
-
 @pytest.mark.parametrize("name", ["realnvp", "maf"])
-def test_normalised_after_training(name, trainer_factory):
-    x = _two_moons_like(2000, 0)
+def test_normalised_after_training(name, trainer_factory, two_moons):
+    x = two_moons(2000, 0)
     m = create_model(name, event_shape=(2,), n_layers=4, hidden=[32, 32], lr=3e-3)
     assert abs(check_normalization(m.flow) - 1) < 0.01
     before = -m.log_prob(x).mean().item()

@@ -59,17 +59,8 @@ def test_bad_hyperparameters():
         create_model("naf", event_shape=(1, 4, 4))
 
 
-def _two_moons_like(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    t = torch.rand(n, generator=g) * 3.1416
-    upper = torch.rand(n, generator=g) < 0.5
-    x = torch.stack([torch.cos(t), torch.sin(t)], 1)
-    x = torch.where(upper[:, None], x, torch.stack([1 - torch.cos(t), 0.5 - torch.sin(t)], 1))
-    return (x + 0.1 * torch.randn(n, 2, generator=g)).float()
-
-
-def test_training_lowers_nll_and_stays_normalised(trainer_factory):
-    x = _two_moons_like(2000, 0)
+def test_training_lowers_nll_and_stays_normalised(trainer_factory, two_moons):
+    x = two_moons(2000, 0)
     m = create_model("naf", event_shape=(2,), n_layers=3, hidden=[32, 32], dsf_units=8, lr=1e-2)
     before = -m.log_prob(x).mean().item()
     trainer_factory(max_epochs=8).fit(m, DataLoader(TensorDataset(x), batch_size=100, shuffle=True))

@@ -77,18 +77,9 @@ def test_bad_hyperparameters():
         create_model("nsf", event_shape=(1, 4, 4))
 
 
-def _two_moons_like(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    t = torch.rand(n, generator=g) * 3.1416
-    upper = torch.rand(n, generator=g) < 0.5
-    x = torch.stack([torch.cos(t), torch.sin(t)], 1)
-    x = torch.where(upper[:, None], x, torch.stack([1 - torch.cos(t), 0.5 - torch.sin(t)], 1))
-    return (x + 0.1 * torch.randn(n, 2, generator=g)).float()
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_training_lowers_nll_and_stays_normalised(variant, trainer_factory):
-    x = _two_moons_like(2000, 0)
+def test_training_lowers_nll_and_stays_normalised(variant, trainer_factory, two_moons):
+    x = two_moons(2000, 0)
     m = create_model(
         "nsf", event_shape=(2,), variant=variant, n_layers=3, hidden=[32, 32], bins=8, tail_bound=3.0, lr=5e-3
     )
