@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unflow_zoo.core.transform import InputOutsideDomain, Transform
+from unflow_zoo.transforms.bisection import solve_increasing
 
 __all__ = [
     "INITS",
@@ -437,6 +438,7 @@ class ConstrainedMonotone(Transform):
             xs[:, i] = xi
             return self._run(xs, with_logdet=False)[0][:, i]
 
+        bracket = None
         if self.linear_term > 0:
             # |network part| <= G_i = c * sum_k |A_ik|, so alpha x_i lies within y_i -+ G_i
             a = self._positive(self.a_diag).squeeze(1)  # (D, m)
@@ -446,37 +448,16 @@ class ConstrainedMonotone(Transform):
                 g = g + (self.a_lower * self._mask_out).abs().sum(-1)
             g_i = self.c * g[i].to(y_i.dtype)
             slack = 1.0 + 1e-6 * y_i.abs()  # absorbs rounding in evaluating the bound
-            lo = (y_i - g_i - slack) / self.linear_term
-            hi = (y_i + g_i + slack) / self.linear_term
-        else:
-            lo, hi = -torch.ones_like(y_i), torch.ones_like(y_i)
-            for end, sign in ((lo, -1.0), (hi, 1.0)):
-                step = torch.ones_like(y_i)
-                # grow each end by doubling steps until it brackets the root; a target
-                # inside the open image is bracketed after finitely many steps
-                for _ in range(2048):
-                    out = (f(end) > y_i) if sign < 0 else (f(end) < y_i)
-                    if not out.any():
-                        break
-                    end.copy_(torch.where(out, end + sign * step, end))
-                    step = torch.where(out, step * 2.0, step)
-                    if not torch.isfinite(end).all():
-                        break  # never evaluate at inf: 0 * inf in the masked products gives NaN
-                if out.any() or not torch.isfinite(end).all():
-                    raise InputOutsideDomain(
-                        f"could not bracket the inverse of coordinate {i}: the target lies at the edge of "
-                        "the bounded image of the constrained map (linear_term=0); use linear_term > 0 "
-                        "for a map onto R^D"
-                    )
-        for _ in range(self.max_bisection_iters):
-            mid = 0.5 * (lo + hi)
-            # stop once no interval can be split any further at this precision
-            if not ((mid > lo) & (mid < hi)).any():
-                break
-            above = f(mid) > y_i
-            hi = torch.where(above, mid, hi)
-            lo = torch.where(above, lo, mid)
-        return 0.5 * (lo + hi)
+            bracket = ((y_i - g_i - slack) / self.linear_term, (y_i + g_i + slack) / self.linear_term)
+        return solve_increasing(
+            f,
+            y_i,
+            bracket=bracket,
+            max_iters=self.max_bisection_iters,
+            error=f"could not bracket the inverse of coordinate {i}: the target lies at the edge of "
+            "the bounded image of the constrained map (linear_term=0); use linear_term > 0 "
+            "for a map onto R^D",
+        )
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check_context(context)

@@ -64,6 +64,7 @@ from torch import Tensor
 
 from unflow_zoo.core.transform import InputOutsideDomain, Transform
 from unflow_zoo.nn.made import MADE
+from unflow_zoo.transforms.bisection import solve_increasing
 
 __all__ = ["DSFAutoregressive", "dsf_params_per_feature", "sigmoidal_flow"]
 
@@ -110,32 +111,6 @@ def sigmoidal_flow(x: Tensor, params: Tensor, delta: float = 1e-6) -> tuple[Tens
         ladj = ladj + log_du + log_keep - log_ut - log_1mut
         h = log_ut - log_1mut
     return h, ladj
-
-
-@torch.no_grad()
-def _bisect(f, y: Tensor, max_iters: int = 400) -> Tensor:
-    """Elementwise root of the increasing ``f(x) = y``; ``y`` must lie in ``f``'s open image."""
-    lo, hi = -torch.ones_like(y), torch.ones_like(y)
-    for end, sign in ((lo, -1.0), (hi, 1.0)):
-        step = torch.ones_like(y)
-        for _ in range(4096):  # float64 reaches its largest value after ~1030 doublings
-            out = (f(end) > y) if sign < 0 else (f(end) < y)
-            if not out.any():
-                break
-            end.copy_(torch.where(out, end + sign * step, end))
-            step = torch.where(out, step * 2.0, step)
-            if not torch.isfinite(end).all():
-                break
-        if out.any() or not torch.isfinite(end).all():
-            raise InputOutsideDomain("could not bracket the inverse of the sigmoidal flow")
-    for _ in range(max_iters):
-        mid = 0.5 * (lo + hi)
-        if not ((mid > lo) & (mid < hi)).any():
-            break  # every interval is one ulp wide
-        above = f(mid) > y
-        hi = torch.where(above, mid, hi)
-        lo = torch.where(above, lo, mid)
-    return 0.5 * (lo + hi)
 
 
 class DSFAutoregressive(Transform):
@@ -238,7 +213,10 @@ class DSFAutoregressive(Transform):
                         f"{float(hi[k]):.6g}) of the sigmoidal flow: with delta={self.delta} each DSF layer "
                         "maps R onto a bounded interval"
                     )
-                x[:, i] = _bisect(lambda xi, p=p: sigmoidal_flow(xi, p, self.delta)[0], zi, self.max_bisection_iters)
+                x[:, i] = solve_increasing(
+                    lambda xi, p=p: sigmoidal_flow(xi, p, self.delta)[0], zi, max_iters=self.max_bisection_iters,
+                    error="could not bracket the inverse of the sigmoidal flow",
+                )
         _, ladj = self(x, context)
         return x, -ladj
 
