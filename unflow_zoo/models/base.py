@@ -189,11 +189,11 @@ class FlowModule(L.LightningModule):
         x = self._batch_x(batch)
         logp = self.log_prob(x)
         nll = -logp
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         getattr(self, f"{stage}_nll").update(nll)
-        getattr(self, f"{stage}_bpd").update(bits_per_dim(nll, self.dim))
+        getattr(self, f"{stage}_bpd").update(bits_per_dim(self._nll_in_data_space(dm, x, nll), self.dim))
         self.log(f"{stage}_nll", getattr(self, f"{stage}_nll"), prog_bar=True)
         self.log(f"{stage}_bpd", getattr(self, f"{stage}_bpd"))
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         true_log_prob = getattr(dm, "true_log_prob", None)
         if true_log_prob is not None:
             truth = true_log_prob(x)
@@ -207,6 +207,22 @@ class FlowModule(L.LightningModule):
             nll_gauss = -baseline.log_prob(x.detach().to(baseline.loc.device, torch.float64))
             getattr(self, f"{stage}_gaussian_nll").update(nll_gauss.to(x.device, torch.float32))
             self.log(f"{stage}_gaussian_nll", getattr(self, f"{stage}_gaussian_nll"))
+
+    @staticmethod
+    def _nll_in_data_space(dm: Any, x: Tensor, nll: Tensor) -> Tensor:
+        """The NLL in the data's own units, for bits/dim.
+
+        A data module that serves preprocessed data (dequantised pixels through a
+        logit, say) exposes ``pixel_log_det(x)``: :math:`\log|\det \partial x / \partial y|`
+        of the map from its raw units :math:`y` (pixels in ``[0, 256)``) to the served
+        :math:`x`. By the change of variables :math:`-\log p(y) = -\log q(x) - \log|\det
+        \partial x/\partial y|`; ``None`` (or no such method) means the two coincide.
+        """
+        pixel_log_det = getattr(dm, "pixel_log_det", None)
+        if not callable(pixel_log_det):
+            return nll
+        correction = pixel_log_det(x)
+        return nll if correction is None else nll - correction.to(nll.dtype)
 
     def _fit_gaussian_baseline(self) -> None:
         """Fit the ML Gaussian of ``datamodule.train_data`` when it is tabular ``(N, D)`` data."""
@@ -226,6 +242,25 @@ class FlowModule(L.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step("test", batch)
+
+    # ----- pretrained ----------------------------------------------------------------
+    def save_pretrained(self, path: str, **kwargs: Any) -> Any:
+        """Write this flow as a pretrained folder (or ``.zip``); see :mod:`unflow_zoo.pretrained`."""
+        from unflow_zoo.pretrained import save_pretrained
+
+        return save_pretrained(self, path, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> FlowModule:
+        """Load a pretrained flow by registry name, path, URL or ``hf://`` repo; see
+        :func:`unflow_zoo.pretrained.load_pretrained`. On a subclass, the loaded flow must be
+        an instance of it."""
+        from unflow_zoo.pretrained import load_pretrained
+
+        model = load_pretrained(name_or_path, **kwargs)
+        if not isinstance(model, cls):
+            raise TypeError(f"{name_or_path!r} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
