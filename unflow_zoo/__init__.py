@@ -4,6 +4,8 @@ Public API::
 
     list_models() -> list[str]
     create_model(name, **hparams) -> FlowModule
+    load_pretrained(name_or_path, *, cache_dir=None, offline=False) -> FlowModule
+    list_pretrained() -> list[str]; pretrained_info(name) -> dict
     DensityDataModule(dataset="moons", ...)
     FlowModule, Flow, Transform
 """
@@ -12,7 +14,19 @@ from unflow_zoo.core.flow import Flow
 from unflow_zoo.core.transform import Transform
 from unflow_zoo.data import DensityDataModule
 from unflow_zoo.models import FlowModule, create_model, list_models
+from unflow_zoo.pretrained import list_pretrained, load_pretrained, pretrained_info
 
 __version__ = "0.1.0"
 
-__all__ = ["DensityDataModule", "Flow", "FlowModule", "Transform", "__version__", "create_model", "list_models"]
+__all__ = [
+    "DensityDataModule",
+    "Flow",
+    "FlowModule",
+    "Transform",
+    "__version__",
+    "create_model",
+    "list_models",
+    "list_pretrained",
+    "load_pretrained",
+    "pretrained_info",
+]

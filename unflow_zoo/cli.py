@@ -3,6 +3,7 @@
     unflow-zoo fit --config configs/quickstart.yaml
     unflow-zoo fit --model unflow_zoo.models.maf.MaskedAutoregressiveFlow --data.dataset moons
     unflow-zoo test --config configs/maf/moons.yaml --ckpt_path runs/.../last.ckpt
+    unflow-zoo pretrained list | sample | evaluate | export ...   (see unflow_zoo/commands.py)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from unflow_zoo.commands import COMMANDS
 from unflow_zoo.data import DensityDataModule
 from unflow_zoo.models import FlowModule
 from unflow_zoo.plots import DensityPlotCallback
@@ -37,12 +39,14 @@ class FlowCLI(LightningCLI):
         cfg = self.config.get(self.subcommand, self.config)
         if cfg.get("test_after_fit", True) and getattr(dm.hparams, "test_fraction", 0) > 0:
             results = trainer.test(model, datamodule=dm, verbose=False)
+        # log_dir syncs across ranks under DDP: every rank must ask, or rank 0 waits forever
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if not trainer.is_global_zero:
             return
         ckpt = trainer.checkpoint_callback
         path = (ckpt.best_model_path or ckpt.last_model_path) if ckpt is not None else ""
         plot = next((c for c in trainer.callbacks if isinstance(c, DensityPlotCallback)), None)
-        print(f"\nrun folder: {Path(trainer.log_dir or trainer.default_root_dir).resolve()}")
+        print(f"\nrun folder: {run_dir.resolve()}")
         if path:
             print(f"checkpoint: {Path(path).resolve()}")
         if plot is not None and plot.last_path is not None:
@@ -53,11 +57,19 @@ class FlowCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
+    """``unflow-zoo``: the pretrained-flow commands (:mod:`unflow_zoo.commands`) or LightningCLI."""
+    argv = list(args) if args is not None else sys.argv[1:]
+    if argv and argv[0] in COMMANDS:
+        # argparse, not LightningCLI: these commands train nothing and take no Trainer arguments.
+        from unflow_zoo.commands import run_command
+
+        run_command(argv)
+        return
     FlowCLI(
         FlowModule,
         DensityDataModule,
         subclass_mode_model=True,
-        args=args if args is not None else sys.argv[1:],
+        args=argv,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )

@@ -13,9 +13,9 @@ import lightning as L
 import matplotlib
 
 matplotlib.use("Agg")  # headless: figures go to files, never to a window
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from torch import Tensor
 
 __all__ = ["DensityPlotCallback", "plot_density"]
 
@@ -93,7 +93,10 @@ class DensityPlotCallback(L.Callback):
     """At the end of fit, save ``density.png`` (data vs samples and the learned
     density) to the run folder and hand it to the logger if it takes figures.
 
-    Runs on global rank 0 only. Image-shaped data (3 or more dims per event) is skipped.
+    Samples and draws on global rank 0 only (every rank reaches ``on_fit_end`` with
+    the same weights, so one figure is enough); the run folder is resolved on all
+    ranks first, since ``trainer.log_dir`` is a collective under DDP. Image-shaped
+    data (3 or more dims per event) is skipped.
 
     Args:
         enabled: turn the figure off.
@@ -109,7 +112,12 @@ class DensityPlotCallback(L.Callback):
         self.last_path: Path | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled or not trainer.is_global_zero or trainer.sanity_checking:
+        if not self.enabled or trainer.sanity_checking:
+            return
+        # trainer.log_dir broadcasts rank 0's folder to all ranks, a collective: asked on rank 0
+        # alone it waits forever for the others (or fails when they exit), so every rank asks.
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        if not trainer.is_global_zero:
             return
         dm = trainer.datamodule
         data = None
@@ -133,7 +141,7 @@ class DensityPlotCallback(L.Callback):
             )
         finally:
             pl_module.train(was_training)
-        out = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+        out = run_dir / self.filename
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=110)
         self.last_path = out
@@ -141,4 +149,3 @@ class DensityPlotCallback(L.Callback):
         if hasattr(experiment, "add_figure"):
             experiment.add_figure("density", fig, global_step=trainer.global_step)
         plt.close(fig)
-

@@ -2,6 +2,7 @@
 
 from unflow_zoo.core.distributions import (
     BaseDistribution,
+    CopulaBase,
     DiagNormal,
     StandardExponential,
     StandardNormal,
@@ -13,6 +14,7 @@ from unflow_zoo.core.transform import Compose, InputOutsideDomain, Inverse, Perm
 __all__ = [
     "BaseDistribution",
     "Compose",
+    "CopulaBase",
     "DiagNormal",
     "Flow",
     "InputOutsideDomain",

@@ -126,11 +126,11 @@ class Permutation(Transform):
         self.register_buffer("inv_perm", torch.argsort(perm))
 
     @classmethod
-    def reverse(cls, features: int, dim: int = 1) -> "Permutation":
+    def reverse(cls, features: int, dim: int = 1) -> Permutation:
         return cls(torch.arange(features - 1, -1, -1), dim=dim)
 
     @classmethod
-    def random(cls, features: int, seed: int | None = None, dim: int = 1) -> "Permutation":
+    def random(cls, features: int, seed: int | None = None, dim: int = 1) -> Permutation:
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         return cls(torch.randperm(features, generator=gen), dim=dim)
 

@@ -38,6 +38,16 @@ def stack_with_permutations(
     return Compose(layers)
 
 
+def _at_least_float32(t: Tensor) -> Tensor:
+    """``t`` promoted to float32 if it is float16/bfloat16; float32 and float64 unchanged.
+
+    A family whose log-density comes back in low precision under autocast would
+    otherwise have its NLL averaged over the batch (and accumulated by the metrics)
+    with 8 significant bits.
+    """
+    return t.float() if t.is_floating_point() and torch.finfo(t.dtype).bits < 32 else t
+
+
 OptimizerName = Literal["adam", "adamw", "sgd"]
 SchedulerName = Literal["none", "cosine", "plateau", "step"]
 
@@ -72,6 +82,17 @@ class FlowModule(L.LightningModule):
       non-linearity buys (Liao & He, "Jacobian Determinant of Normalizing
       Flows", 2021; :func:`unflow_zoo.metrics.gaussian_nll` is its value on the
       training data itself).
+
+    Mixed precision and several processes come from the Trainer (``precision=``,
+    ``strategy=``, ``devices=``, ``num_nodes=``; docs/distributed.md). Under
+    ``bf16-mixed``/``16-mixed`` the conditioner networks run in low precision while
+    log-determinants, spline bin searches, quadrature sums and numerical inverses stay
+    float32 (the transforms disable autocast where it matters), and :meth:`log_prob`
+    returns at least float32, so the NLL and its batch mean are never reduced in
+    bfloat16. ``precision="64-true"`` (or ``model.double()``) gives a float64 model for
+    numerical checks. Under DDP the validation and test metrics are torchmetrics
+    objects, synced across ranks, and every rank holds the same weights, so hooks
+    that only read the model (figures, sampling) run on global rank 0 alone.
 
     Args:
         event_shape: shape of one data point, ``(D,)`` or ``(C, H, W)``; the CLI
@@ -150,13 +171,14 @@ class FlowModule(L.LightningModule):
         return math.prod(self.event_shape)
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        return self.flow.log_prob(x, context)
+        r""":math:`\log q(x)`, shape ``(B,)``, in float32 or wider (see the class docstring)."""
+        return _at_least_float32(self.flow.log_prob(x, context))
 
     def sample(self, n: int, context: Tensor | None = None) -> Tensor:
         return self.flow.sample(n, context)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        return self.flow.log_prob(x, context)
+        return self.log_prob(x, context)
 
     # ----- training -------------------------------------------------------------------
     def _batch_x(self, batch: Any) -> Tensor:
@@ -210,7 +232,7 @@ class FlowModule(L.LightningModule):
 
     @staticmethod
     def _nll_in_data_space(dm: Any, x: Tensor, nll: Tensor) -> Tensor:
-        """The NLL in the data's own units, for bits/dim.
+        r"""The NLL in the data's own units, for bits/dim.
 
         A data module that serves preprocessed data (dequantised pixels through a
         logit, say) exposes ``pixel_log_det(x)``: :math:`\log|\det \partial x / \partial y|`

@@ -9,6 +9,7 @@ from unflow_zoo.core.transform import Compose
 from unflow_zoo.models.base import FlowModule
 from unflow_zoo.models.registry import register_model
 from unflow_zoo.transforms.coupling import AffineCoupling, alternating_mask
+from unflow_zoo.transforms.gated import GatedAffineCoupling
 
 __all__ = ["RealNVP"]
 
@@ -26,10 +27,17 @@ class RealNVP(FlowModule):
         hidden: hidden widths of each coupling's MLP.
         act: activation of the MLPs.
         scale_clamp: soft bound on the log-scale (``None``: unbounded).
+        gate: use InFlow's gated coupling,
+            :math:`y_B = e^{g\,s(x_A)} \odot x_B + g\,t(x_A)`, with a data-dependent gate
+            :math:`g = \operatorname{sigmoid}(a(x_A)) \in (0, 1)` per layer (exact log-det
+            :math:`g \sum s`; see :class:`~unflow_zoo.transforms.gated.GatedAffineCoupling`,
+            whose ``set_gate`` fixes the gate, e.g. to 0 for suspected outliers at test time).
         **kwargs: :class:`~unflow_zoo.models.base.FlowModule` options (base, lr, optimizer, ...).
 
     References:
         Dinh, Sohl-Dickstein & Bengio, "Density estimation using Real NVP", ICLR 2017.
+        Kumar et al., "InFlow: Robust outlier detection utilizing Normalizing Flows",
+        arXiv:2106.12894, 2021 (``gate=True``).
     """
 
     def __init__(
@@ -39,6 +47,7 @@ class RealNVP(FlowModule):
         hidden: list[int] = [64, 64],  # noqa: B006  (jsonargparse needs a literal default)
         act: str = "relu",
         scale_clamp: float | None = 3.0,
+        gate: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(event_shape=event_shape, **kwargs)
@@ -48,8 +57,10 @@ class RealNVP(FlowModule):
         d = self.vector_features()
         if d < 2:
             raise ValueError(f"realnvp couples halves of a vector and needs event_shape (D,) with D >= 2, got ({d},)")
+        # .get: checkpoints saved before the gate option existed have no such hyper-parameter
+        coupling = GatedAffineCoupling if hp.get("gate", False) else AffineCoupling
         layers = [
-            AffineCoupling(alternating_mask(d, k % 2), hp.hidden, hp.act, scale_clamp=hp.scale_clamp)
+            coupling(alternating_mask(d, k % 2), hp.hidden, hp.act, scale_clamp=hp.scale_clamp)
             for k in range(hp.n_layers)
         ]
         return Flow(Compose(layers), self.make_base())

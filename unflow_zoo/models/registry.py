@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 __all__ = ["create_model", "get_model_class", "list_models", "register_model"]
 
-_REGISTRY: dict[str, type["FlowModule"]] = {}
+_REGISTRY: dict[str, type[FlowModule]] = {}
 T = TypeVar("T")
 
 
@@ -32,13 +32,13 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_model_class(name: str) -> type["FlowModule"]:
+def get_model_class(name: str) -> type[FlowModule]:
     try:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}") from None
 
 
-def create_model(name: str, **hparams: Any) -> "FlowModule":
+def create_model(name: str, **hparams: Any) -> FlowModule:
     """Instantiate the family registered as ``name`` with ``hparams``."""
     return get_model_class(name)(**hparams)

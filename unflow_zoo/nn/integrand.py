@@ -26,6 +26,7 @@ References:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -200,9 +201,7 @@ class _Workspace:
         return {"_buffers": {}}
 
 
-def _pull_back_first_layer(
-    dz: Tensor, t: Tensor, need_c: bool, need_w: bool
-) -> tuple[Tensor | None, Tensor | None]:
+def _pull_back_first_layer(dz: Tensor, t: Tensor, need_c: bool, need_w: bool) -> tuple[Tensor | None, Tensor | None]:
     """Gradients of ``c`` (sum over the K points of a row) and of ``w_t`` (``t`` as a vector times ``dz``)."""
     dc = dz.view(*t.shape, dz.shape[-1]).sum(dim=-2) if need_c else None
     dw = t.reshape(-1) @ dz if need_w else None
@@ -337,7 +336,7 @@ class MLPIntegrand(Integrand):
         self.embedding, self.hidden_size, self.hidden = embedding, hidden[0], hidden
         self.act = act
         sizes = [embedding + 1, *hidden, 1]
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(sizes[:-1], sizes[1:]))
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in itertools.pairwise(sizes))
         self._workspace = _Workspace()
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
@@ -355,7 +354,11 @@ class MLPIntegrand(Integrand):
         return tuple(tensors)
 
     def _layers_forward(
-        self, c: Tensor, t: Tensor, tensors: Sequence[Tensor], pre: list[Tensor] | None = None,
+        self,
+        c: Tensor,
+        t: Tensor,
+        tensors: Sequence[Tensor],
+        pre: list[Tensor] | None = None,
         post: list[Tensor] | None = None,
     ) -> Tensor:
         """The network on all points, ``(points, 1)``; records pre-/post-activations if asked."""

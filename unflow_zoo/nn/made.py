@@ -51,6 +51,10 @@ class MADE(nn.Module):
             k-th in the autoregressive order (default: the identity).
         act: activation name.
         zero_init_last: start the output at zero (identity transform).
+
+    Under mixed precision (``torch.autocast``) the masked layers run in the low
+    precision, but the output is returned in the dtype of ``x``: it parametrises a
+    transform whose log-determinant must be formed and summed in float32.
     """
 
     def __init__(
@@ -90,9 +94,7 @@ class MADE(nn.Module):
         self.hidden_layers = nn.ModuleList(layers)
         self.out = MaskedLinear(prev, features * n_params, out_mask)
         self.context_layers = (
-            nn.ModuleList([nn.Linear(context_features, h, bias=False) for h in hidden])
-            if context_features
-            else None
+            nn.ModuleList([nn.Linear(context_features, h, bias=False) for h in hidden]) if context_features else None
         )
         self.context_out = (
             nn.Linear(context_features, features * n_params, bias=False) if context_features and not hidden else None
@@ -113,4 +115,4 @@ class MADE(nn.Module):
         if context is not None and self.context_out is not None:
             out = out + self.context_out(context)
         # outputs are grouped feature-major: [f0p0, f0p1, ..., f1p0, ...]
-        return out.reshape(x.shape[0], self.features, self.n_params)
+        return out.reshape(x.shape[0], self.features, self.n_params).to(x.dtype)

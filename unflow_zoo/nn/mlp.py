@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
@@ -30,6 +31,11 @@ class MLP(nn.Sequential):
 
     ``zero_init_last`` zero-initialises the last layer so that a coupling or
     autoregressive transform starts at the identity (Glow, Kingma & Dhariwal 2018).
+
+    Under mixed precision (``torch.autocast``) the layers run in the low precision,
+    but the output comes back in the input's dtype: a conditioner's outputs are a
+    transform's parameters, and log-determinants must be formed and summed in float32
+    (a bfloat16 sum of ``D`` log-scales keeps 3 significant digits).
     """
 
     def __init__(
@@ -42,7 +48,7 @@ class MLP(nn.Sequential):
     ) -> None:
         layers: list[nn.Module] = []
         sizes = [in_features, *hidden, out_features]
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             if i > 0:
                 layers.append(activation(act))
             layers.append(nn.Linear(a, b))
@@ -52,4 +58,4 @@ class MLP(nn.Sequential):
             nn.init.zeros_(layers[-1].bias)
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        return super().forward(x)
+        return super().forward(x).to(x.dtype)

@@ -28,7 +28,23 @@ def solve_increasing(
     finitely many steps); a target outside raises :class:`InputOutsideDomain` with
     ``error``. Bisection then runs until every interval is one ulp wide (at most
     ``max_iters`` steps): machine precision in the dtype of ``y``.
+
+    Runs with autocast disabled: under mixed precision ``f`` would otherwise be
+    evaluated in bfloat16/float16, whose rounding (~1e-3 relative) is far coarser than
+    the one-ulp intervals the bisection aims for, and the comparisons ``f(mid) > y``
+    would flip at random near the root.
     """
+    with torch.autocast(device_type=y.device.type, enabled=False):
+        return _solve(f, y, bracket, max_iters, error)
+
+
+def _solve(
+    f: Callable[[Tensor], Tensor],
+    y: Tensor,
+    bracket: tuple[Tensor, Tensor] | None,
+    max_iters: int,
+    error: str,
+) -> Tensor:
     if bracket is None:
         lo, hi = -torch.ones_like(y), torch.ones_like(y)
         for end, sign in ((lo, -1.0), (hi, 1.0)):

@@ -248,7 +248,12 @@ class NeuralIntegral(torch.autograd.Function):
             grad_x,
             _sum_to(grad_x0.reshape(x.shape), x0.shape) if grad_x0 is not None else None,
             grad_c.reshape(c.shape) if grad_c is not None else None,
-            None, None, None, None, None, None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
             *grad_t,
         )
 
@@ -276,10 +281,21 @@ def neural_integral(
 ) -> Tensor:
     r""":math:`\int_{x_0}^{x} \phi(N(t; c)) + \epsilon\,dt` elementwise over ``x`` (see :class:`NeuralIntegral`)."""
     x0_t = torch.as_tensor(x0, dtype=x.dtype, device=x.device)
-    return NeuralIntegral.apply(  # type: ignore[no-any-return]
-        x, x0_t, c, quadrature.nodes, quadrature.weights, integrand, phi, float(eps), int(chunk),
-        *integrand.path_tensors(),
-    )
+    # Full precision (see UnconstrainedMonotoneTransform): the hand-written backward runs
+    # outside autocast and needs the dtypes the forward saw.
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return NeuralIntegral.apply(  # type: ignore[no-any-return]
+            x,
+            x0_t,
+            c.to(x.dtype),
+            quadrature.nodes,
+            quadrature.weights,
+            integrand,
+            phi,
+            float(eps),
+            int(chunk),
+            *integrand.path_tensors(),
+        )
 
 
 class _ConstantConditioner(nn.Module):
@@ -327,6 +343,13 @@ class UnconstrainedMonotoneTransform(Transform):
     it stops at a few ulps of :math:`x`). It raises :class:`InputOutsideDomain` for
     a value outside the image (only possible with ``min_slope=0``). The inverse runs
     without autograd: train by maximum likelihood through :meth:`forward`.
+
+    Mixed precision: only the MADE conditioner follows autocast (bfloat16/float16
+    matmuls); its output is cast to the input's dtype, and the integrand, the
+    quadrature sum, the log-determinant and the Newton inverse run with autocast
+    disabled, in float32. :class:`NeuralIntegral`'s hand-written backward runs
+    outside autocast, so it must see the dtypes its forward saw; and a bfloat16
+    integrand would put ~1e-3 relative noise into every node of the quadrature.
 
     Args:
         features: ``D``.
@@ -418,7 +441,10 @@ class UnconstrainedMonotoneTransform(Transform):
             self.conditioner = _ConstantConditioner(features, self.n_params)
         else:
             self.conditioner = MADE(
-                features, self.n_params, hidden=conditioner_hidden, context_features=context_features,
+                features,
+                self.n_params,
+                hidden=conditioner_hidden,
+                context_features=context_features,
                 order=order_t.tolist(),
             )
 
@@ -436,8 +462,9 @@ class UnconstrainedMonotoneTransform(Transform):
         if self.conditioner is None:
             p = x.new_zeros(b, d, 0)
         else:
-            p = self.conditioner(x, context)
-        c = self.integrand.condition(p[..., : self.embedding])
+            p = self.conditioner(x, context).to(x.dtype)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            c = self.integrand.condition(p[..., : self.embedding])
         beta = p[..., self.embedding] if self.offset else None
         return c, beta
 
@@ -448,8 +475,9 @@ class UnconstrainedMonotoneTransform(Transform):
     def derivative(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         r""":math:`g(x_i; h_i) = \partial y_i / \partial x_i`, shape ``(B, D)``."""
         c, _ = self._conditioning(x, context)
-        n = self.integrand.evaluate(c, x.unsqueeze(-1), self.integrand.path_tensors()).squeeze(-1)
-        return positive(n, self.phi, self.min_slope)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            n = self.integrand.evaluate(c, x.unsqueeze(-1), self.integrand.path_tensors()).squeeze(-1)
+            return positive(n, self.phi, self.min_slope)
 
     # ----- the contract -----------------------------------------------------------------
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -457,13 +485,14 @@ class UnconstrainedMonotoneTransform(Transform):
         c, beta = self._conditioning(x, context)
         tensors = self.integrand.path_tensors()
         q = self.quadrature
-        y = NeuralIntegral.apply(
-            x, self.lower, c, q.nodes, q.weights, self.integrand, self.phi, self.min_slope, self.chunk, *tensors
-        )
-        if beta is not None:
-            y = y + beta
-        n_x = self.integrand.evaluate(c, x.unsqueeze(-1), tensors).squeeze(-1)
-        return y, log_positive(n_x, self.phi, self.min_slope).sum(dim=-1)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            y = NeuralIntegral.apply(
+                x, self.lower, c, q.nodes, q.weights, self.integrand, self.phi, self.min_slope, self.chunk, *tensors
+            )
+            if beta is not None:
+                y = y + beta
+            n_x = self.integrand.evaluate(c, x.unsqueeze(-1), tensors).squeeze(-1)
+            return y, log_positive(n_x, self.phi, self.min_slope).sum(dim=-1)
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(y)
@@ -485,8 +514,9 @@ class UnconstrainedMonotoneTransform(Transform):
                 c_all, beta = self._conditioning(y, context)
                 target = y - beta if beta is not None else y
                 x = self._solve(c_all.reshape(-1, c_all.shape[-1]), target.reshape(-1), tensors).reshape(y.shape)
-            n_x = self.integrand.evaluate(c_all, x.unsqueeze(-1), tensors).squeeze(-1)
-            ladj = -log_positive(n_x, self.phi, self.min_slope).sum(dim=-1)
+            with torch.autocast(device_type=y.device.type, enabled=False):
+                n_x = self.integrand.evaluate(c_all, x.unsqueeze(-1), tensors).squeeze(-1)
+                ladj = -log_positive(n_x, self.phi, self.min_slope).sum(dim=-1)
         return x, ladj
 
     # ----- the numerical inverse ----------------------------------------------------------
@@ -505,8 +535,13 @@ class UnconstrainedMonotoneTransform(Transform):
         While an element has a bound on one side only, it steps towards the root by
         the larger of the Newton step and a reach that doubles every time; once
         bracketed, it takes Newton steps that stay inside the bracket and shrink fast
-        enough, and bisects otherwise. Converged elements leave the active set.
+        enough, and bisects otherwise. Converged elements leave the active set. Runs
+        with autocast disabled (a low-precision integrand would stall Newton at ~1e-3).
         """
+        with torch.autocast(device_type=target.device.type, enabled=False):
+            return self._solve_full_precision(c, target, tensors)
+
+    def _solve_full_precision(self, c: Tensor, target: Tensor, tensors: Sequence[Tensor]) -> Tensor:
         n = target.shape[0]
         tiny = torch.finfo(target.dtype).eps
         tol = 0.5 * self.inverse_tol

@@ -209,9 +209,7 @@ class ConstrainedMonotone(Transform):
     ) -> None:
         super().__init__()
         if features < 1 or width < 1 or depth < 1:
-            raise ValueError(
-                f"features, width and depth must be positive integers, got {features}, {width}, {depth}"
-            )
+            raise ValueError(f"features, width and depth must be positive integers, got {features}, {width}, {depth}")
         if positivity not in POSITIVITY:
             raise ValueError(f"unknown positivity {positivity!r}; choose one of {list(POSITIVITY)}")
         if init not in INITS:
@@ -358,7 +356,16 @@ class ConstrainedMonotone(Transform):
             )
 
     def _run(self, x: Tensor, with_logdet: bool = True) -> tuple[Tensor, Tensor | None]:
-        """``y`` ``(B, D)`` and the per-coordinate ``log dy_i/dx_i`` ``(B, D)`` (or None)."""
+        """``y`` ``(B, D)`` and the per-coordinate ``log dy_i/dx_i`` ``(B, D)`` (or None).
+
+        Autocast is disabled: the network *is* the transform (there is no separate
+        conditioner to run in low precision), its log-derivative is a log-space matmul
+        and a logsumexp, and the bisection inverse must invert the same float32 map.
+        """
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._run_full_precision(x, with_logdet)
+
+    def _run_full_precision(self, x: Tensor, with_logdet: bool) -> tuple[Tensor, Tensor | None]:
         batch, d, m = x.shape[0], self.features, self.width
         log_c = math.log(self.c)
         h = x.unsqueeze(-1)  # (B, D, m_in) with m_in = 1 for the first layer
@@ -521,4 +528,3 @@ class ConstrainedMonotone1d(ConstrainedMonotone):
             linear_term=linear_term,
             train_layers=train_layers,
         )
-

@@ -136,12 +136,20 @@ class Quadrature(nn.Module):
 
     def points(self, x: Tensor, x0: Tensor | float = 0.0) -> Tensor:
         """The nodes mapped onto the segments: shape ``(*x.shape, K)``."""
-        return torch.addcmul(torch.as_tensor(x0, dtype=x.dtype, device=x.device).unsqueeze(-1),
-                             (x - x0).unsqueeze(-1), self.nodes)
+        return torch.addcmul(
+            torch.as_tensor(x0, dtype=x.dtype, device=x.device).unsqueeze(-1), (x - x0).unsqueeze(-1), self.nodes
+        )
 
     def integrate(self, g: Callable[[Tensor], Tensor], x: Tensor, x0: Tensor | float = 0.0) -> Tensor:
-        r""":math:`\int_{x_0}^{x} g`, elementwise over ``x``; ``g`` maps ``(*x.shape, K)`` to the same shape."""
-        return (x - x0) * (g(self.points(x, x0)) @ self.weights)
+        r""":math:`\int_{x_0}^{x} g`, elementwise over ``x``; ``g`` maps ``(*x.shape, K)`` to the same shape.
+
+        The weighted sum runs with autocast disabled, in ``g``'s dtype promoted to at
+        least that of the weights (float32): a bfloat16 sum of ``K`` terms loses ~3 digits.
+        """
+        values = g(self.points(x, x0))
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            values = values.to(torch.promote_types(values.dtype, self.weights.dtype))
+            return (x - x0) * (values @ self.weights.to(values.dtype))
 
     def extra_repr(self) -> str:
         return f"rule={self.rule!r}, n_nodes={self.n_nodes}"

@@ -88,11 +88,23 @@ def sigmoidal_flow(x: Tensor, params: Tensor, delta: float = 1e-6) -> tuple[Tens
 
     Returns:
         ``(y, logabsdet)``, both of shape ``S``.
+
+    Mixed precision: ``params`` are cast to the dtype of ``x`` and the flow runs with
+    autocast disabled; the softplus, logsumexps and the logit cancel badly (or
+    overflow, in float16) at low precision.
     """
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
     if params.ndim != x.ndim + 3 or params.shape[-2] != 3 or params.shape[: x.ndim] != x.shape:
-        raise ValueError(f"params must have shape (*x.shape, depth, 3, n); got {tuple(params.shape)} for x {tuple(x.shape)}")
+        raise ValueError(
+            f"params must have shape (*x.shape, depth, 3, n); got {tuple(params.shape)} for x {tuple(x.shape)}"
+        )
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return _dsf(x, params.to(x.dtype), delta)
+
+
+def _dsf(x: Tensor, params: Tensor, delta: float) -> tuple[Tensor, Tensor]:
+    """:func:`sigmoidal_flow` after its checks, in the dtype of ``x``."""
     log_keep, log_half_delta = math.log1p(-delta), math.log(delta / 2)
     h = x
     ladj = torch.zeros_like(x)
@@ -214,7 +226,9 @@ class DSFAutoregressive(Transform):
                         "maps R onto a bounded interval"
                     )
                 x[:, i] = solve_increasing(
-                    lambda xi, p=p: sigmoidal_flow(xi, p, self.delta)[0], zi, max_iters=self.max_bisection_iters,
+                    lambda xi, p=p: sigmoidal_flow(xi, p, self.delta)[0],
+                    zi,
+                    max_iters=self.max_bisection_iters,
                     error="could not bracket the inverse of the sigmoidal flow",
                 )
         _, ladj = self(x, context)

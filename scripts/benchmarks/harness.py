@@ -1,0 +1,207 @@
+"""What every benchmark suite shares: the measured record, the data with a known
+density, a subprocess-per-case runner, ratio tables and the report writer.
+
+Every case runs in a fresh Python process, so one implementation's allocator,
+thread pool or import side effects never colour another's numbers, and peak
+memory is that process's own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+DRIVER = ROOT / "scripts" / "benchmark.py"
+
+
+@dataclass
+class Result:
+    """One (implementation, case) measurement."""
+
+    model: str
+    dim: int
+    params: int
+    train_step_ms: float
+    sample_s: float
+    peak_mem_mb: float
+    kl_after_budget: float
+    budget_steps: int
+    note: str = ""
+    case: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.case.get("sample_n", 0) / self.sample_s if self.sample_s > 0 else float("nan")
+
+
+class Adapter:
+    """The three things a benchmark needs from any flow implementation."""
+
+    def __init__(self, module: Any, log_prob: Callable, sample: Callable) -> None:
+        self.module, self.log_prob, self.sample = module, log_prob, sample
+
+
+def ours(name: str, dim: int, **hparams: Any) -> Adapter:
+    """An unflow-zoo family by registry name, on ``(dim,)`` vectors."""
+    from unflow_zoo.models import create_model
+
+    m = create_model(name, event_shape=(dim,), **hparams)
+    return Adapter(m, m.log_prob, m.sample)
+
+
+def zuko_adapter(flow: Any) -> Adapter:
+    return Adapter(flow, lambda x: flow().log_prob(x), lambda n: flow().sample((n,)))
+
+
+def nflows_adapter(flow: Any) -> Adapter:
+    return Adapter(flow, flow.log_prob, flow.sample)
+
+
+# ----------------------------------------------------------------------------- data
+def mixture(dim: int, seed: int = 0):
+    """A 4-component Gaussian mixture in ``dim`` dimensions and its exact log-density."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    means = 2.0 * torch.randn(4, dim, generator=g, dtype=torch.float64)
+    stds = 0.5 + 0.5 * torch.rand(4, dim, generator=g, dtype=torch.float64)
+    weights = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
+
+    def sample(n: int):
+        k = torch.multinomial(weights, n, replacement=True, generator=g)
+        return (means[k] + stds[k] * torch.randn(n, dim, generator=g, dtype=torch.float64)).float()
+
+    def log_prob(x):
+        x = x.double()[:, None, :]
+        comp = (-0.5 * ((x - means) / stds) ** 2 - torch.log(stds) - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return torch.logsumexp(comp + torch.log(weights), dim=1)
+
+    return sample, log_prob
+
+
+# ----------------------------------------------------------------------------- worker
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def measure(
+    label: str, adapter: Adapter, dim: int, *, batch: int, repeats: int, budget: int, sample_n: int,
+    lr: float = 1e-3, data: tuple[Callable, Callable] | None = None,
+) -> Result:  # fmt: skip
+    """Train-step time (median of ``repeats``), peak-RSS growth, NLL gap after ``budget`` Adam
+    steps on ``data`` (default: :func:`mixture`; the gap is NLL minus the true entropy), and the
+    time to draw ``sample_n`` samples. ``data`` may give ``log_prob=None`` for data without a
+    known density: the NLL itself is reported then."""
+    import torch
+
+    torch.manual_seed(0)
+    params = [p for p in adapter.module.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    draw, true_log_prob = data or mixture(dim)
+    train, test = draw(20000), draw(4000)
+
+    def step(x):
+        opt.zero_grad(set_to_none=True)
+        loss = -adapter.log_prob(x).mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+    step(train[:batch])  # warm-up: allocator, lazy init
+    rss0 = _rss_mb()
+    times = []
+    for i in range(repeats):
+        x = train[(i * batch) % (len(train) - batch) :][:batch]
+        t0 = time.perf_counter()
+        step(x)
+        times.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
+    g = torch.Generator().manual_seed(1)
+    for _ in range(max(budget - repeats - 1, 0)):
+        step(train[torch.randint(0, len(train), (batch,), generator=g)])
+    with torch.no_grad():
+        nll = -torch.cat([adapter.log_prob(c) for c in test.split(1000)]).double().mean()
+        entropy = -true_log_prob(test).mean() if true_log_prob is not None else 0.0
+        adapter.sample(8)  # warm-up
+        t0 = time.perf_counter()
+        s = adapter.sample(sample_n)
+        sample_s = time.perf_counter() - t0
+    note = "" if torch.isfinite(s).all() else "non-finite samples"
+    return Result(label, dim, sum(p.numel() for p in params), 1e3 * statistics.median(times), sample_s,
+                  max(peak, 0.0), float(nll - entropy), budget, note)  # fmt: skip
+
+
+def run_case(suite: str, case: dict[str, Any], timeout: float = 3600, threads: int = 1) -> Result | None:
+    """Run ``suite``'s worker on ``case`` in a fresh process; ``None`` (with the reason on
+    stderr) when the implementation is missing or fails."""
+    cmd = [sys.executable, str(DRIVER), "--threads", str(threads), "--worker", suite, json.dumps(case)]
+    env = dict(
+        os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'scripts'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    )
+    try:
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"  {suite} {case}: skipped (timed out after {timeout:.0f} s)", file=sys.stderr)
+        return None
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
+        print(f"  {suite} {case}: skipped ({tail[0][:300]})", file=sys.stderr)
+        return None
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    data["case"] = case
+    return Result(**data)
+
+
+def emit(result: Result) -> None:
+    """A worker's last stdout line: the result as JSON."""
+    payload = asdict(result)
+    payload.pop("case", None)
+    print(json.dumps(payload))
+
+
+# ----------------------------------------------------------------------------- report
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads), "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
+
+
+def ratio(value: float, reference: float | None) -> str:
+    if reference is None or not reference > 0 or not math.isfinite(value):
+        return "-"
+    return f"{value / reference:.2f}x"
+
+
+def write_section(path: Path, name: str, body: str) -> None:
+    """Replace (or append) the section between ``<!-- benchmark:NAME:start/end -->`` in ``path``."""
+    start, end = f"<!-- benchmark:{name}:start -->", f"<!-- benchmark:{name}:end -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = f"{start}\n{body}\n{end}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)

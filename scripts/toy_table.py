@@ -1,0 +1,148 @@
+"""Train every family's shipped config on the 2-D toys with a known density and
+report how close each gets to the true entropy.
+
+For each ``configs/<family>/<toy>.yaml`` (toys: 8gaussians, checkerboard) this
+runs ``unflow-zoo fit --config ...`` exactly as a user would, in a fresh
+process with one intra-op thread, and reads the test metrics it prints:
+
+- ``test_nll``: the model's NLL on the held-out split (nats);
+- ``test_kl``: the same NLL minus the true log-density on the same points, an
+  unbiased estimate of KL(p || q) -- the gap to the true entropy, 0 is perfect;
+- wall time of the whole run.
+
+The table goes to ``docs/toys.md`` and, between markers, into README.md.
+
+Usage::
+
+    python scripts/toy_table.py                        # every family, both toys (tens of minutes)
+    python scripts/toy_table.py --families maf nsf     # a subset; other rows are kept
+    python scripts/toy_table.py --quick --no-write     # a 1-epoch smoke run (a test runs this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TOYS = ("8gaussians", "checkerboard")
+RESULTS = ROOT / "docs" / "toys.json"
+MARK_START, MARK_END = "<!-- toys:start -->", "<!-- toys:end -->"
+TARGET_GAP = 0.2  # nats: the zoo's bar for a family's quick toy config
+# Affine flows cannot bend the density: their optimum is the Gaussian fit, far from these toys.
+AFFINE = {"linear"}
+
+
+def families_with_configs() -> list[str]:
+    return sorted(p.name for p in (ROOT / "configs").iterdir() if p.is_dir() and (p / f"{TOYS[0]}.yaml").exists())
+
+
+def run_config(config: Path, quick: bool) -> dict[str, float]:
+    """One ``fit`` run in a fresh process; the metrics it prints, plus wall seconds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [
+            sys.executable, "-m", "unflow_zoo.cli", "fit", "--config", str(config),
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.default_root_dir", tmp, "--plot.enabled", "false",
+        ]  # fmt: skip
+        if quick:
+            cmd += ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5", "--data.n_samples", "2000"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=ROOT)
+        seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{config} failed:\n{proc.stderr[-3000:]}")
+    metrics = {
+        m.group(1): float(m.group(2)) for m in re.finditer(r"^(test_\w+)\s+(-?[\d.]+)$", proc.stdout, re.MULTILINE)
+    }
+    if "test_kl" not in metrics:
+        raise RuntimeError(f"{config}: no test_kl in the output:\n{proc.stdout[-2000:]}")
+    return {**metrics, "seconds": seconds}
+
+
+def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Gap and test NLL per family and toy. Wall times are in docs/toys.json, not here: runs
+    share the machine with whatever else is running, so they are not comparable."""
+    lines = [
+        "| family | "
+        + " | ".join(f"{t} gap (nats)" for t in TOYS)
+        + " | "
+        + " | ".join(f"{t} test NLL" for t in TOYS)
+        + " |",
+        "|---|" + "---:|" * (2 * len(TOYS)),
+    ]
+    for family in sorted(results):
+        row = results[family]
+        gaps, nlls = [], []
+        for toy in TOYS:
+            r = row.get(toy)
+            if r is None:
+                gaps.append("-")
+                nlls.append("-")
+                continue
+            mark = "" if family in AFFINE or r["test_kl"] <= TARGET_GAP else " (above 0.2)"
+            gaps.append(f"{r['test_kl']:.3f}{mark}")
+            nlls.append(f"{r['test_nll']:.3f}")
+        lines.append(f"| `{family}` | " + " | ".join(gaps) + " | " + " | ".join(nlls) + " |")
+    return "\n".join(lines)
+
+
+def write_readme(body: str, path: Path = ROOT / "README.md") -> None:
+    text = path.read_text()
+    if MARK_START not in text:
+        raise RuntimeError(f"{path} has no {MARK_START} ... {MARK_END} section to fill")
+    head, rest = text.split(MARK_START, 1)
+    _, tail = rest.split(MARK_END, 1)
+    path.write_text(f"{head}{MARK_START}\n{body}\n{MARK_END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", nargs="*", default=None, help="default: every family with toy configs")
+    parser.add_argument("--toys", nargs="*", default=list(TOYS), choices=TOYS)
+    parser.add_argument("--quick", action="store_true", help="1 epoch of 5 batches: a smoke run")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ and README alone")
+    args = parser.parse_args(argv)
+
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    if not args.no_write and RESULTS.exists():
+        results = json.loads(RESULTS.read_text())
+    for family in args.families or families_with_configs():
+        for toy in args.toys:
+            config = ROOT / "configs" / family / f"{toy}.yaml"
+            if not config.exists():
+                print(f"skip {family}/{toy}: no config", file=sys.stderr)
+                continue
+            try:
+                r = run_config(config, args.quick)
+            except RuntimeError as e:  # one broken config must not cost the other runs
+                print(f"FAILED {family}/{toy}: {e}", file=sys.stderr)
+                continue
+            results.setdefault(family, {})[toy] = r
+            print(f"{family:14s} {toy:13s} gap {r['test_kl']:.4f} nats  nll {r['test_nll']:.4f}  {r['seconds']:.0f} s")
+    body = table(results)
+    print(body)
+    if not args.no_write:
+        RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+        (ROOT / "docs" / "toys.md").write_text(
+            "# Every family on the 2-D toys\n\n"
+            "Gap = test NLL minus the true entropy on the same held-out points (an estimate of KL(p || q); "
+            "0 is perfect), from `python scripts/toy_table.py`, which runs each family's shipped config "
+            "`configs/<family>/<toy>.yaml` with `unflow-zoo fit`, one thread per run. "
+            f"Target: within {TARGET_GAP} nats (`linear` is the affine baseline and cannot get there).\n\n"
+            f"{body}\n"
+        )
+        write_readme(body)
+    return results
+
+
+if __name__ == "__main__":
+    main()

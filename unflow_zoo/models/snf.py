@@ -1,0 +1,175 @@
+"""Self-normalizing flows: unconstrained linear and convolutional layers that learn their inverses."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from torch import Tensor
+
+from unflow_zoo.core.flow import Flow
+from unflow_zoo.core.transform import Compose, Inverse, Transform
+from unflow_zoo.models.base import FlowModule
+from unflow_zoo.models.registry import register_model
+from unflow_zoo.transforms.glow import Squeeze
+from unflow_zoo.transforms.selfnorm import LeakyReLU, SelfNormConv, SelfNormLinear, SmoothLeakyReLU
+
+__all__ = ["SelfNormalizingFlow"]
+
+
+Activation = Literal["smooth_leaky_relu", "leaky_relu"]
+
+
+@register_model("snf")
+class SelfNormalizingFlow(FlowModule):
+    r"""Self-normalizing flow: unconstrained linear (vectors) or convolutional
+    (images) layers :math:`z = W h + b`, each with a learned approximate inverse
+    :math:`R \approx W^{-1}`, alternated with an elementwise bijection :math:`\sigma`:
+
+    .. math:: f = L_K \circ \sigma \circ L_{K-1} \circ \dots \circ \sigma \circ L_1,
+              \qquad \log p(x) = \log p_Z(f(x)) + \sum_k \log|\det W_k|
+              + \sum_i \log \sigma'(\cdot).
+
+    Training maximises the paper's mixture objective
+    :math:`\tfrac12 \log p^f(x) + \tfrac12 \log p^g(x) - \lambda \sum_k \|h_{k-1} - R_k W_k h_{k-1}\|^2`
+    with every :math:`W_k^{-\top}` in the gradient replaced by :math:`R_k^\top`
+    (:mod:`unflow_zoo.transforms.selfnorm`): :math:`O(D^2)` per layer instead of
+    :math:`O(D^3)`. :meth:`regularization` returns the summed reconstruction
+    penalties, which :class:`~unflow_zoo.models.base.FlowModule` adds to the NLL.
+    Validation, test and :meth:`log_prob` in eval mode are exact (``slogdet``);
+    :meth:`sample` inverts exactly (linear solves), ``sample(n, approximate=True)``
+    maps through the :math:`R_k` (the paper's fast sampling).
+
+    - Vectors ``(D,)``: ``n_layers`` :class:`SelfNormLinear` layers with ``act``
+      between them (not after the last), the paper's FC flow.
+    - Images ``(C, H, W)``: ``n_blocks`` blocks of ``n_layers // n_blocks``
+      :class:`SelfNormConv` layers (``kernel_size``), ``act`` after every layer but the
+      last, and a squeeze (space to depth, :class:`~unflow_zoo.transforms.glow.Squeeze`) between
+      blocks, the paper's CNN flow;
+      the squeezes are undone at the end so the output has the data's shape. The
+      exact evaluation builds the dense :math:`CHW \times CHW` matrix of each
+      convolution: meant for MNIST-sized images.
+
+    The learned-inverse gradient is only as good as :math:`R_k \approx W_k^{-1}`: if the
+    learning rate lets :math:`W_k` outrun :math:`R_k`, :math:`\|R_k W_k - I\|` grows and the
+    likelihood stalls (measured on 8x8 digits, 3 FC layers, 40 epochs: at lr 1e-3 the defect
+    grew from 4 to 10 and the validation NLL worsened after epoch 20, where the exact gradient
+    kept improving; at lr 3e-4, or with :math:`\lambda = 10`, SNF tracked the exact gradient). The paper trains its FC flows at
+    lr 1e-4; :meth:`~unflow_zoo.transforms.selfnorm.SelfNormLinear.inverse_defect` monitors it.
+
+    Args:
+        event_shape: ``(D,)`` or ``(C, H, W)``.
+        n_layers: number of self-normalizing layers.
+        n_blocks: images: number of squeeze blocks (H and W must be divisible by
+            ``2 ** (n_blocks - 1)``); ignored for vectors.
+        kernel_size: images: odd convolution size.
+        act: ``smooth_leaky_relu`` (the paper's SLR, numerical inverse) or
+            ``leaky_relu`` (closed-form inverse).
+        act_alpha: the activation's negative slope :math:`\alpha` (paper: 0.3).
+        recon_weight: :math:`\lambda`, the reconstruction weight (paper: 1).
+        train_logdet: ``"exact"`` logs the true training NLL (one LU per layer and
+            step, no inverse); ``"skip"`` skips it as the authors' code does (the
+            logged ``train_nll`` then leaves out :math:`\log|\det W|`; gradients are the same).
+        exact_gradient: train with the exact ``slogdet`` gradient instead (the
+            baseline the paper compares against); :math:`R` then only follows the
+            reconstruction penalty.
+        **kwargs: :class:`~unflow_zoo.models.base.FlowModule` options (base, lr, optimizer, ...).
+
+    References:
+        Keller, Peters, Jaini, Hoogeboom, Forré & Welling, "Self Normalizing Flows",
+        ICML 2021, arXiv:2011.07248.
+    """
+
+    def __init__(
+        self,
+        event_shape: tuple[int, ...] = (2,),
+        n_layers: int = 2,
+        n_blocks: int = 1,
+        kernel_size: int = 3,
+        act: Activation = "smooth_leaky_relu",
+        act_alpha: float = 0.3,
+        recon_weight: float = 1.0,
+        train_logdet: Literal["exact", "skip"] = "exact",
+        exact_gradient: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(event_shape=event_shape, **kwargs)
+
+    def _activation(self) -> Transform:
+        hp = self.hparams
+        if hp.act == "smooth_leaky_relu":
+            return SmoothLeakyReLU(hp.act_alpha)
+        if hp.act == "leaky_relu":
+            return LeakyReLU(hp.act_alpha)
+        raise ValueError(f"unknown snf act {hp.act!r}; choose 'smooth_leaky_relu' or 'leaky_relu'")
+
+    def build_flow(self) -> Flow:
+        hp = self.hparams
+        if hp.n_layers < 1:
+            raise ValueError(f"snf needs n_layers >= 1, got {hp.n_layers}")
+        exact = True if hp.exact_gradient else None
+        layer_kwargs = {"recon_weight": hp.recon_weight, "exact": exact, "train_logdet": hp.train_logdet}
+        layers: list[Transform] = []
+        if len(self.event_shape) == 1:
+            d = self.event_shape[0]
+            for k in range(hp.n_layers):
+                if k > 0:
+                    layers.append(self._activation())
+                layers.append(SelfNormLinear(d, **layer_kwargs))
+        elif len(self.event_shape) == 3:
+            c, h, w = self.event_shape
+            if hp.n_blocks < 1 or hp.n_layers % hp.n_blocks:
+                raise ValueError(
+                    f"snf on images needs n_layers divisible by n_blocks >= 1, got n_layers={hp.n_layers}, "
+                    f"n_blocks={hp.n_blocks}"
+                )
+            scale = 2 ** (hp.n_blocks - 1)
+            if h % scale or w % scale:
+                raise ValueError(
+                    f"snf with n_blocks={hp.n_blocks} squeezes {hp.n_blocks - 1} times and needs H and W divisible "
+                    f"by {scale}, got event_shape {self.event_shape}; use fewer blocks or pad the images"
+                )
+            per_block = hp.n_layers // hp.n_blocks
+            for b in range(hp.n_blocks):
+                if b > 0:
+                    layers.append(Squeeze())
+                    c *= 4
+                for k in range(per_block):
+                    if b > 0 or k > 0:
+                        layers.append(self._activation())
+                    layers.append(SelfNormConv(c, hp.kernel_size, **layer_kwargs))
+            # back to the data's layout, so that any base over event_shape fits
+            layers.extend(Inverse(Squeeze()) for _ in range(hp.n_blocks - 1))
+        else:
+            raise ValueError(f"snf works on vectors (D,) or images (C, H, W); got event_shape {self.event_shape}")
+        return Flow(Compose(layers), self.make_base())
+
+    # ----- self-normalizing specifics ------------------------------------------------
+    def selfnorm_layers(self) -> list[SelfNormLinear | SelfNormConv]:
+        """The self-normalizing layers, in data -> noise order."""
+        return [m for m in self.flow.modules() if isinstance(m, (SelfNormLinear, SelfNormConv))]
+
+    def regularization(self) -> Tensor | float:
+        r""":math:`\lambda \sum_k \mathrm{mean}_b \|h_{k-1} - R_k W_k h_{k-1}\|^2` of the last
+        training-mode forward pass (read once: the next call returns 0 until another pass)."""
+        total: Tensor | float = 0.0
+        for layer in self.selfnorm_layers():
+            total = total + layer.reconstruction_loss()
+        return total
+
+    def sample(self, n: int, context: Tensor | None = None, approximate: bool = False) -> Tensor:
+        """``n`` samples: exact inverses by default, the learned inverses :math:`R_k` with
+        ``approximate=True`` (no linear solves: the paper's fast sampling)."""
+        if not approximate:
+            return self.flow.sample(n, context)
+        z = self.flow.base.sample(n, context)
+        return _approximate_inverse(self.flow.transform, z, context)
+
+
+def _approximate_inverse(t: Transform, y: Tensor, context: Tensor | None) -> Tensor:
+    if isinstance(t, Compose):
+        for sub in reversed(t.transforms):
+            y = _approximate_inverse(sub, y, context)
+        return y
+    if isinstance(t, (SelfNormLinear, SelfNormConv)):
+        return t.approximate_inverse(y)
+    return t.inverse(y, context)[0]

@@ -1,0 +1,226 @@
+r"""Write a FlowModule as a pretrained folder (or ``.zip``) and read one back.
+
+Saving stores the family's registry name and hyper-parameters, the weights as
+safetensors, the data module's init arguments (so the exact train/test split
+can be rebuilt) and its standardisation, so that the loaded module's
+``log_prob`` takes raw data:
+:math:`\log p(x) = \log q((x - m)/s) - \sum_d \log s_d`.
+
+References:
+    Hugging Face ``save_pretrained``/``from_pretrained`` (transformers,
+    huggingface_hub ``ModelHubMixin``): a folder of config + safetensors weights.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from unflow_zoo.pretrained.format import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    FormatError,
+    check_sha256,
+    is_newer,
+    package_version,
+    read_config,
+    sha256_of,
+    to_json,
+    write_config,
+)
+from unflow_zoo.pretrained.preprocessing import attach_standardization, served_state_dict
+
+__all__ = ["data_record", "load_folder", "save_pretrained"]
+
+# Only data modules from this package are ever rebuilt from a config: importing a class path
+# named in a downloaded file would run that module's code.
+_TRUSTED_PREFIX = "unflow_zoo."
+
+
+def data_record(datamodule: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(data, preprocessing)`` records of a data module: its class path and init arguments,
+    and its standardisation (fitted by ``setup()``, which this calls when needed)."""
+    cls = type(datamodule)
+    # "_instantiator" and the like are LightningCLI bookkeeping, not init arguments
+    hparams = {k: v for k, v in dict(getattr(datamodule, "hparams", {}) or {}).items() if not str(k).startswith("_")}
+    data = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": to_json(hparams)}
+    preprocessing: dict[str, Any] = {"kind": "none"}
+    if hparams.get("standardize"):
+        if getattr(datamodule, "train_data", None) is None:
+            datamodule.setup("fit")
+        preprocessing = {
+            "kind": "standardize",
+            "mean": datamodule.mean.reshape(-1).tolist(),
+            "std": datamodule.std.reshape(-1).tolist(),
+        }
+    return data, preprocessing
+
+
+def save_pretrained(
+    model: Any,
+    path: str | Path,
+    *,
+    datamodule: Any = None,
+    metrics: dict[str, float] | None = None,
+    license: str = "MIT",
+    description: str = "",
+    data: dict[str, Any] | None = None,
+    preprocessing: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` (a registered FlowModule) as a pretrained folder, or a ``.zip`` of one.
+
+    Args:
+        model: the flow; its class must be registered (``@register_model``) so that
+            ``config.json`` can name its family.
+        path: the folder to create (overwritten files inside), or a path ending in ``.zip``.
+        datamodule: the data module it was trained on: its init arguments and
+            standardisation are recorded (so ``log_prob`` of the loaded flow takes raw data).
+        metrics: measured numbers to publish, e.g. ``{"test_nll": 1.23}``.
+        license: license of the weights.
+        description: one line shown by ``unflow-zoo pretrained list``.
+        data, preprocessing: the records themselves, when there is no data module object
+            (:func:`~unflow_zoo.pretrained.convert.export_checkpoint` uses them).
+
+    Returns:
+        The folder or zip written.
+    """
+    from unflow_zoo.models.registry import get_model_class
+
+    family = getattr(type(model), "registry_name", "custom")
+    try:
+        registered = get_model_class(family)
+    except ValueError:
+        registered = None
+    if registered is not type(model):
+        raise ValueError(
+            f"cannot save a {type(model).__name__}: its class is not a registered family, so a loader could "
+            "not rebuild it. Decorate it with @unflow_zoo.models.register_model('name') (and import it before "
+            "loading)"
+        )
+    state, carried = served_state_dict(model)
+    dm_pre: dict[str, Any] = {"kind": "none"}
+    if datamodule is not None:
+        data, dm_pre = data_record(datamodule)
+    if preprocessing is None:
+        # A flow loaded from a checkpoint carries its standardisation (the one it was trained with);
+        # a freshly trained one gets its data module's.
+        preprocessing = carried if carried["kind"] != "none" else dm_pre
+    hparams = {k: v for k, v in dict(model.hparams).items() if not str(k).startswith("_")}
+
+    path = Path(path)
+    as_zip = path.suffix == ".zip"
+    folder = Path(tempfile.mkdtemp(prefix="unflow_zoo_save_")) if as_zip else path
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        # safetensors refuses shared or non-contiguous storage; clone gives each tensor its own.
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+        save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "family": family})
+        config = {
+            "format_version": FORMAT_VERSION,
+            "family": family,
+            "hparams": to_json(hparams),
+            "preprocessing": preprocessing,
+            "data": data,
+            "metrics": to_json(metrics or {}),
+            "package_version": package_version(),
+            "license": license,
+            "description": description,
+            "weights": {"file": WEIGHTS_FILE, "sha256": sha256_of(folder / WEIGHTS_FILE)},
+        }
+        write_config(folder, config)
+        if as_zip:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                for name in (CONFIG_FILE, WEIGHTS_FILE):
+                    zf.write(folder / name, arcname=name)
+    finally:
+        if as_zip:
+            shutil.rmtree(folder, ignore_errors=True)
+    return path
+
+
+def build_model(config: dict[str, Any], where: Path) -> Any:
+    """The family named in ``config`` built from its hyper-parameters (random weights)."""
+    from unflow_zoo.models.registry import get_model_class, list_models
+
+    family = config["family"]
+    try:
+        cls = get_model_class(family)
+    except ValueError:
+        newer = is_newer(str(config.get("package_version", "0")), package_version())
+        hint = (
+            f" It was written by unflow-zoo {config.get('package_version')}, newer than this "
+            f"{package_version()}: upgrade unflow-zoo."
+            if newer
+            else " If it is your own family, import the module that registers it before loading."
+        )
+        raise FormatError(
+            f"{where / CONFIG_FILE}: unknown flow family {family!r}; this unflow-zoo knows "
+            f"{', '.join(list_models())}.{hint}"
+        ) from None
+    try:
+        return cls(**config["hparams"])
+    except TypeError as e:
+        raise FormatError(f"{where / CONFIG_FILE}: cannot build {family} from its hparams ({e})") from None
+
+
+def load_folder(folder: str | Path) -> Any:
+    """Load the pretrained folder ``folder``: check the weights' sha256, rebuild the family,
+    load the weights, attach the preprocessing; return the module in eval mode."""
+    folder = Path(folder)
+    config = read_config(folder)
+    if is_newer(str(config.get("package_version", "0")), package_version()):
+        warnings.warn(
+            f"{folder} was written by unflow-zoo {config['package_version']}, newer than this "
+            f"{package_version()}; it uses a format this version reads, but consider upgrading",
+            stacklevel=3,
+        )
+    weights = folder / str(config["weights"].get("file", WEIGHTS_FILE))
+    if weights.resolve().parent != folder.resolve():
+        raise FormatError(f"{folder / CONFIG_FILE}: the weights file must lie in the folder, got {weights}")
+    if not weights.is_file():
+        raise FormatError(f"{folder} has a {CONFIG_FILE} but no weights file {weights.name}")
+    check_sha256(weights, config["weights"]["sha256"])
+    model = build_model(config, folder)
+    state = load_file(str(weights), device="cpu")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise FormatError(
+            f"{weights} does not fit a {config['family']} built from {CONFIG_FILE}: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+    pre = config.get("preprocessing") or {"kind": "none"}
+    if pre.get("kind") == "standardize":
+        attach_standardization(model, pre["mean"], pre["std"])
+    elif pre.get("kind") != "none":
+        raise FormatError(f"{folder / CONFIG_FILE}: unknown preprocessing {pre.get('kind')!r}; upgrade unflow-zoo")
+    model.pretrained_config = config  # the record it came from: metrics, data, license
+    return model.eval()
+
+
+def rebuild_datamodule(config: dict[str, Any], **overrides: Any) -> Any:
+    """The data module recorded in ``config`` (with ``overrides`` of its init arguments), not yet set up.
+
+    Only classes from the ``unflow_zoo`` package are rebuilt; ``None`` when nothing was recorded.
+    """
+    import importlib
+
+    data = config.get("data")
+    if not data:
+        return None
+    class_path = str(data.get("class_path", ""))
+    if not class_path.startswith(_TRUSTED_PREFIX):
+        raise FormatError(
+            f"refusing to import data module {class_path!r} named in a checkpoint: only unflow_zoo classes are "
+            "rebuilt from config.json; build the data module yourself"
+        )
+    module_name, _, cls_name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(**{**data.get("init_args", {}), **overrides})
