@@ -9,7 +9,8 @@ Suites (one file each under scripts/benchmarks/):
   NLL gap after a fixed budget;
 - ``scaling``: cost vs batch size, D and width m (to m = 3e4);
 - ``snf``: self-normalizing vs exact log-det gradients at D = 64, 256, 784;
-- ``copula``: Gaussian vs copula base on heavy-tailed data (NLL, tail quantiles).
+- ``copula``: Gaussian vs copula base on heavy-tailed data (NLL, tail quantiles);
+- ``digits``: every family on 8x8 digits (test bits/dim) beside zuko MAF and NSF.
 
 Every measured case runs in a fresh process. Each suite's table replaces its
 own section of docs/benchmarks.md (between ``<!-- benchmark:NAME:start/end -->``).
@@ -40,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.harness import Result, emit, run_case, write_section
 
 CASE_SUITES = ("unconstrained", "families", "scaling")  # measured here, one process per case
-SCRIPT_SUITES = ("snf", "copula")  # self-contained scripts with their own main(argv)
+SCRIPT_SUITES = ("snf", "copula", "digits")  # self-contained scripts with their own main(argv)
 SUITES = CASE_SUITES + SCRIPT_SUITES
 OUT = ROOT / "docs" / "benchmarks.md"
 

@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from benchmarks.harness import run_cli
+
 TOYS = ("8gaussians", "checkerboard")
 RESULTS = ROOT / "docs" / "toys.json"
 MARK_START, MARK_END = "<!-- toys:start -->", "<!-- toys:end -->"
@@ -46,26 +45,8 @@ def families_with_configs() -> list[str]:
 
 def run_config(config: Path, quick: bool) -> dict[str, float]:
     """One ``fit`` run in a fresh process; the metrics it prints, plus wall seconds."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [
-            sys.executable, "-m", "unflow_zoo.cli", "fit", "--config", str(config),
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--trainer.default_root_dir", tmp, "--plot.enabled", "false",
-        ]  # fmt: skip
-        if quick:
-            cmd += ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5", "--data.n_samples", "2000"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=ROOT)
-        seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{config} failed:\n{proc.stderr[-3000:]}")
-    metrics = {
-        m.group(1): float(m.group(2)) for m in re.finditer(r"^(test_\w+)\s+(-?[\d.]+)$", proc.stdout, re.MULTILINE)
-    }
-    if "test_kl" not in metrics:
-        raise RuntimeError(f"{config}: no test_kl in the output:\n{proc.stdout[-2000:]}")
-    return {**metrics, "seconds": seconds}
+    quick_args = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5", "--data.n_samples", "2000"]
+    return run_cli(config, quick_args if quick else [], require="test_kl")
 
 
 def table(results: dict[str, dict[str, dict[str, float]]]) -> str:

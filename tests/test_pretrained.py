@@ -398,3 +398,12 @@ def test_cache_root_defaults_to_home_and_yields_to_cache_dir(tmp_path, monkeypat
     assert resolve_mod.cache_root() == tmp_path / "home" / ".cache" / "unflow_zoo"
     assert resolve_mod.cache_root(tmp_path / "x") == tmp_path / "x"
     assert not (tmp_path / "home").exists()
+
+
+def test_readme_table_is_the_registry_table():
+    """README's "Pretrained flows" table is generated (python -m unflow_zoo.pretrained --markdown)."""
+    from unflow_zoo.pretrained import markdown_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("<!-- pretrained:start -->\n", 1)[1].split("\n<!-- pretrained:end -->", 1)[0]
+    assert section == markdown_table(), "regenerate: python -m unflow_zoo.pretrained --markdown"

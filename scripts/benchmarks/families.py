@@ -43,7 +43,7 @@ def _nflows_nsf(dim: int) -> Adapter:
     for _ in range(DEPTH["nsf"]):
         layers += [
             MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
-                features=dim, hidden_features=HIDDEN[0], num_blocks=1, num_bins=8, tails="linear", tail_bound=4.0,
+                features=dim, hidden_features=HIDDEN[0], num_blocks=1, num_bins=8, tails="linear", tail_bound=5.0,
                 use_residual_blocks=False,
             ),
             ReversePermutation(dim),
@@ -81,7 +81,7 @@ BUILDERS: dict[str, dict[str, Callable[[int], Adapter]]] = {
     },
     "nsf": {
         "unflow-zoo nsf": lambda d: ours(
-            "nsf", d, variant="autoregressive", n_layers=DEPTH["nsf"], hidden=HIDDEN, bins=8
+            "nsf", d, variant="autoregressive", n_layers=DEPTH["nsf"], hidden=HIDDEN, bins=8, tail_bound=5.0
         ),
         "zuko NSF": lambda d: zuko_adapter(
             __import__("zuko").flows.NSF(d, bins=8, transforms=DEPTH["nsf"], hidden_features=HIDDEN)
@@ -169,12 +169,12 @@ def report(results: list[Result], seconds: float, command: str) -> str:
     return (
         "## Every family against its closest peer\n\n"
         f"Machine: {machine()}. Command: `{command}` ({seconds:.0f} s). Tabular rows: D = {c.get('dim', '?')}, "
-        f"4-component Gaussian mixture with known density, batch {c.get('batch', '?')}, train step = median of "
+        f"4-component Gaussian mixture with known density, batch {c.get('batch', '?')}, train step = median CPU time (1 thread, robust to other load) of "
         f"{c.get('repeats', '?')}, gap = test NLL minus the true entropy after {c.get('budget', '?')} Adam steps "
-        f"(lr 1e-3; ffjord: {SLOW_BUDGET['ffjord']} steps, median of 5), samples/s from one draw of "
+        f"(lr 1e-3; ffjord: {SLOW_BUDGET['ffjord']} steps, median of 5), samples/s from the median of 3 draws of "
         f"{c.get('sample_n', '?')}. Glow rows: 8x8 digits (1, 8, 8), L = 2, K = 4, 64 hidden channels, and the last "
         "column is the test NLL itself (no true density). Depths: "
         + ", ".join(f"{k} {v}" for k, v in DEPTH.items())
-        + f'; conditioner hidden {HIDDEN}. "x vs ours": peer time / our time and our throughput / peer '
+        + f'; conditioner hidden {HIDDEN}; spline tail bound 5 (zuko\'s). "x vs ours": peer time / our time and our throughput / peer '
         "throughput, so above 1 means unflow-zoo is faster.\n\n" + table(results)
     )

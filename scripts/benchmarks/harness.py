@@ -12,10 +12,12 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -97,13 +99,20 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def clock() -> float:
+    """CPU seconds of this process: with one intra-op thread this equals wall time on an idle
+    machine, and unlike wall time it does not grow when other processes share the cores, so
+    cases measured minutes apart stay comparable."""
+    return time.process_time()
+
+
 def measure(
     label: str, adapter: Adapter, dim: int, *, batch: int, repeats: int, budget: int, sample_n: int,
     lr: float = 1e-3, data: tuple[Callable, Callable] | None = None,
 ) -> Result:  # fmt: skip
-    """Train-step time (median of ``repeats``), peak-RSS growth, NLL gap after ``budget`` Adam
+    """Train-step CPU time (median of ``repeats``, :func:`clock`), peak-RSS growth, NLL gap after ``budget`` Adam
     steps on ``data`` (default: :func:`mixture`; the gap is NLL minus the true entropy), and the
-    time to draw ``sample_n`` samples. ``data`` may give ``log_prob=None`` for data without a
+    time to draw ``sample_n`` samples (median of 3 draws). ``data`` may give ``log_prob=None`` for data without a
     known density: the NLL itself is reported then."""
     import torch
 
@@ -125,9 +134,9 @@ def measure(
     times = []
     for i in range(repeats):
         x = train[(i * batch) % (len(train) - batch) :][:batch]
-        t0 = time.perf_counter()
+        t0 = clock()
         step(x)
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
     g = torch.Generator().manual_seed(1)
     for _ in range(max(budget - repeats - 1, 0)):
@@ -136,9 +145,12 @@ def measure(
         nll = -torch.cat([adapter.log_prob(c) for c in test.split(1000)]).double().mean()
         entropy = -true_log_prob(test).mean() if true_log_prob is not None else 0.0
         adapter.sample(8)  # warm-up
-        t0 = time.perf_counter()
-        s = adapter.sample(sample_n)
-        sample_s = time.perf_counter() - t0
+        draws = []
+        for _ in range(3):  # one draw takes ~0.1 s for the fast flows: too short to trust alone
+            t0 = clock()
+            s = adapter.sample(sample_n)
+            draws.append(clock() - t0)
+        sample_s = statistics.median(draws)
     note = "" if torch.isfinite(s).all() else "non-finite samples"
     return Result(label, dim, sum(p.numel() for p in params), 1e3 * statistics.median(times), sample_s,
                   max(peak, 0.0), float(nll - entropy), budget, note)  # fmt: skip
@@ -205,3 +217,30 @@ def write_section(path: Path, name: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
+
+
+# ----------------------------------------------------------------------------- CLI runs
+def run_cli(config: Path, overrides: list[str] | None = None, require: str = "test_nll") -> dict[str, float]:
+    """``unflow-zoo fit --config CONFIG [overrides]`` in a fresh process with one intra-op
+    thread, exactly as a user runs it; returns the test metrics it prints plus wall seconds.
+
+    Raises:
+        RuntimeError: the run failed, or printed no ``require`` metric.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [
+            sys.executable, "-m", "unflow_zoo.cli", "fit", "--config", str(config),
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.default_root_dir", tmp, "--plot.enabled", "false", *(overrides or []),
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=ROOT)
+        seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{config} failed:\n{proc.stderr[-3000:]}")
+    pattern = r"^(test_\w+)\s+(-?[\d.]+)$"
+    metrics = {m.group(1): float(m.group(2)) for m in re.finditer(pattern, proc.stdout, re.MULTILINE)}
+    if require not in metrics:
+        raise RuntimeError(f"{config}: no {require} in the output:\n{proc.stdout[-2000:]}")
+    return {**metrics, "seconds": seconds}

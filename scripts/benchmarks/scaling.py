@@ -57,7 +57,7 @@ def table(results: list[Result]) -> str:
 def report(results: list[Result], seconds: float, command: str) -> str:
     return (
         "## Scaling: cost vs batch size, dimension and width\n\n"
-        f"Machine: {machine()}. Command: `{command}` ({seconds:.0f} s). Train step = median forward + backward "
+        f"Machine: {machine()}. Command: `{command}` ({seconds:.0f} s). Train step = median CPU time (1 thread, robust to other load) of forward + backward "
         "+ Adam step; width sweep on the seed paper's 1-D models (constrained: tanh net of width m; unconstrained: "
         "the paper's integrand of width m, 50-node Riemann rule).\n\n" + table(results)
     )

@@ -73,7 +73,7 @@ def report(results: list[Result], seconds: float, command: str) -> str:
         "## Unconstrained flows: unflow-zoo vs zuko UNAF vs UMNN\n\n"
         f"Machine: {machine()}. Command: `{command}` ({seconds:.0f} s). Layout: 3 transforms, MADE hidden "
         f"[64, 64], integrand hidden [64, 64], embedding 16, {c.get('nodes', 32)} quadrature nodes, batch "
-        f"{c.get('batch', 512)}; train step = median of {c.get('repeats', '?')}; sampling draws "
+        f"{c.get('batch', 512)}; train step = median CPU time (1 thread, robust to other load) of {c.get('repeats', '?')}; sampling draws "
         f"{c.get('sample_n', '?')}; KL after {c.get('budget', '?')} Adam steps (lr 1e-3) on a 4-component "
         'Gaussian mixture with known density. "x vs ours" = peer time / our time (above 1: we are faster).\n\n'
         + table(results)

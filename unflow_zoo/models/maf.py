@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from unflow_zoo.core.flow import Flow
-from unflow_zoo.models.base import FlowModule, stack_with_permutations
+from unflow_zoo.core.transform import Compose
+from unflow_zoo.models.base import FlowModule
 from unflow_zoo.models.registry import register_model
 from unflow_zoo.transforms.autoregressive import MaskedAffineAutoregressive
 
@@ -14,8 +15,8 @@ __all__ = ["MaskedAutoregressiveFlow"]
 
 @register_model("maf")
 class MaskedAutoregressiveFlow(FlowModule):
-    r"""Masked autoregressive flow: ``n_layers`` MADE-affine layers with the
-    feature order reversed between them,
+    r"""Masked autoregressive flow: ``n_layers`` MADE-affine layers whose
+    autoregressive order is reversed from one to the next,
 
     .. math:: z_i = (x_i - \mu_i(x_{<i}))\, e^{-\alpha_i(x_{<i})}.
 
@@ -49,7 +50,15 @@ class MaskedAutoregressiveFlow(FlowModule):
     def build_flow(self) -> Flow:
         hp = self.hparams
         d = self.vector_features()
-        transform = stack_with_permutations(
-            lambda k: MaskedAffineAutoregressive(d, hp.hidden, hp.act, scale_clamp=hp.scale_clamp), hp.n_layers, d
-        )
-        return Flow(transform, self.make_base())
+        if hp.n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1, got {hp.n_layers}")
+        # The autoregressive order alternates inside the MADEs instead of permuting the data between
+        # layers: the same family of densities, without an index-select (and its backward) per layer.
+        reverse = list(range(d - 1, -1, -1))
+        layers = [
+            MaskedAffineAutoregressive(
+                d, hp.hidden, hp.act, scale_clamp=hp.scale_clamp, order=reverse if k % 2 else None
+            )
+            for k in range(hp.n_layers)
+        ]
+        return Flow(Compose(layers), self.make_base())
