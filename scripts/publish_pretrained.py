@@ -95,8 +95,8 @@ def _toy(data: str, epochs: int, families: tuple[str, ...] = ("nsf", "maf", "rea
 # paper's data; the descriptions say what each flow got.
 SPECS: list[Spec] = [
     *(_seed_paper("constrained", d, 15) for d in ("mog1d", "beta1d", "grid", "mog5d")),
-    _seed_paper("unconstrained", "mog1d", 1),
-    _seed_paper("unconstrained", "beta1d", 1),
+    _seed_paper("unconstrained", "mog1d", 10),
+    _seed_paper("unconstrained", "beta1d", 10),
     Spec(
         "unconstrained-grid",
         ("configs/unconstrained/grid.yaml",),
