@@ -7,6 +7,8 @@ Suites (one file each under scripts/benchmarks/):
 - ``families``: every family vs its closest peer (zuko, nflows, normflows) at
   matched size: train-step time, samples per second, peak memory, parameters,
   NLL gap after a fixed budget;
+- ``interleaved``: the same implementations taking turns in one process, the
+  load-robust timing comparison;
 - ``scaling``: cost vs batch size, D and width m (to m = 3e4);
 - ``snf``: self-normalizing vs exact log-det gradients at D = 64, 256, 784;
 - ``copula``: Gaussian vs copula base on heavy-tailed data (NLL, tail quantiles);
@@ -40,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import Result, emit, run_case, write_section
 
-CASE_SUITES = ("unconstrained", "families", "scaling")  # measured here, one process per case
+CASE_SUITES = ("unconstrained", "families", "interleaved", "scaling")  # measured here, one process per case
 SCRIPT_SUITES = ("snf", "copula", "digits")  # self-contained scripts with their own main(argv)
 SUITES = CASE_SUITES + SCRIPT_SUITES
 OUT = ROOT / "docs" / "benchmarks.md"
@@ -52,6 +54,8 @@ def run_suite(name: str, args: argparse.Namespace, command: str) -> list[Result]
         cases = suite.cases(args.quick, args.dims, args.peers)
     elif name == "families":
         cases = suite.cases(args.quick, args.families, args.dim)
+    elif name == "interleaved":
+        cases = suite.cases(args.quick, args.families)
     else:
         cases = suite.cases(args.quick)
     results, t0 = [], time.time()

@@ -75,3 +75,12 @@ def test_missing_peer_is_skipped_with_a_reason(capsys):
 def test_quick_scaling_suite_runs():
     rows = benchmark.main(["--suites", "scaling", "--quick", "--no-write"])["scaling"]
     assert rows and all(r.train_step_ms > 0 for r in rows)
+
+
+def test_quick_interleaved_suite_times_our_flow_beside_its_peers():
+    from benchmarks import interleaved
+
+    (r,) = benchmark.main(["--suites", "interleaved", "--quick", "--no-write", "--families", "maf"])["interleaved"]
+    text = interleaved.table([r])
+    ours = [line for line in text.splitlines() if "| unflow-zoo maf |" in line]
+    assert len(ours) == 1 and float(ours[0].split("|")[3]) > 0  # a measured train step in ms
