@@ -84,3 +84,18 @@ def test_quick_interleaved_suite_times_our_flow_beside_its_peers():
     text = interleaved.table([r])
     ours = [line for line in text.splitlines() if "| unflow-zoo maf |" in line]
     assert len(ours) == 1 and float(ours[0].split("|")[3]) > 0  # a measured train step in ms
+
+
+def test_interleaved_suite_skips_a_peer_that_is_not_installed(monkeypatch, capsys):
+    from benchmarks import interleaved
+
+    def missing(dim):
+        raise ImportError("No module named 'zuko'")
+
+    monkeypatch.setitem(
+        families.BUILDERS, "maf", {"unflow-zoo maf": families.BUILDERS["maf"]["unflow-zoo maf"], "zuko MAF": missing}
+    )
+    r = interleaved.worker({"family": "maf", "dim": 2, "rounds": 1, "steps": 1})
+    text = interleaved.table([r])
+    assert "| maf | unflow-zoo maf |" in text and "zuko MAF" not in text
+    assert "zuko MAF: skipped" in capsys.readouterr().err
