@@ -10,8 +10,10 @@ same builders and data as ``families`` (D = 8 Gaussian mixture; Glow on digits).
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
+import time
 from typing import Any
 
 import torch
@@ -33,9 +35,6 @@ def cases(quick: bool, fams: list[str] | None = None) -> list[dict[str, Any]]:
 
 def worker(case: dict[str, Any]) -> Result:
     """One process per family; returns a Result whose ``note`` carries every row as JSON."""
-    import json
-    import time
-
     families._load_optional()
     torch.manual_seed(0)
     builders = families.BUILDERS[case["family"]]
@@ -73,8 +72,6 @@ def worker(case: dict[str, Any]) -> Result:
 
 
 def table(results: list[Result]) -> str:
-    import json
-
     lines = [
         "| family | implementation | train step (ms) | x vs ours | samples/s | x vs ours |",
         "|---|---|---|---|---|---|",

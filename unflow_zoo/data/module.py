@@ -456,12 +456,15 @@ class DensityDataModule(L.LightningDataModule):
         """
         if self.preprocess is None:
             return None
+        self._check_batch(x)
+        return self.preprocess.log_det(x)
+
+    def _check_batch(self, x: Tensor) -> None:
         if tuple(x.shape[1:]) != self.event_shape:
             raise ValueError(
                 f"expected a batch of shape (B, {', '.join(map(str, self.event_shape))}) for {self.data_name}, "
                 f"got {tuple(x.shape)}"
             )
-        return self.preprocess.log_det(x)
 
     # ----- true density -----------------------------------------------------------------------
     @property
@@ -478,11 +481,7 @@ class DensityDataModule(L.LightningDataModule):
         """
         if self._raw_log_prob is None:
             return None
-        if tuple(x.shape[1:]) != self.event_shape:
-            raise ValueError(
-                f"expected a batch of shape (B, {', '.join(map(str, self.event_shape))}) for {self.data_name}, "
-                f"got {tuple(x.shape)}"
-            )
+        self._check_batch(x)
         if self.hparams.standardize:
             self.setup()
         # MPS has no float64; the density is cheap enough to evaluate on the CPU there.
