@@ -10,6 +10,8 @@ Suites (one file each under scripts/benchmarks/):
 - ``interleaved``: the same implementations taking turns in one process, the
   load-robust timing comparison;
 - ``scaling``: cost vs batch size, D and width m (to m = 3e4);
+- ``paper_models``: the seed paper's two models, one SGD step against the official code
+  (its per-node loops, written out from its published code), D = 1 and 5, and ensembles;
 - ``snf``: self-normalizing vs exact log-det gradients at D = 64, 256, 784;
 - ``copula``: Gaussian vs copula base on heavy-tailed data (NLL, tail quantiles);
 - ``digits``: every family on 8x8 digits (test bits/dim) beside zuko MAF and NSF.
@@ -43,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.harness import Result, emit, run_case, write_section
 
 CASE_SUITES = ("unconstrained", "families", "interleaved", "scaling")  # measured here, one process per case
-SCRIPT_SUITES = ("snf", "copula", "digits")  # self-contained scripts with their own main(argv)
+SCRIPT_SUITES = ("paper_models", "snf", "copula", "digits")  # self-contained scripts with their own main(argv)
 SUITES = CASE_SUITES + SCRIPT_SUITES
 OUT = ROOT / "docs" / "benchmarks.md"
 

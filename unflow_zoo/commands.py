@@ -6,6 +6,7 @@
     unflow-zoo evaluate --pretrained NAME | --ckpt PATH [--split test] [--data.dataset X ...]
                         [--ood OTHER|noise|shift --ood_figure scores.png]
     unflow-zoo export CKPT OUT
+    unflow-zoo study overparam --out DIR [--quick] [--jobs N] [--executor local|slurm|submitit-local]
 
 ``evaluate`` measures the NLL (nats) and bits/dim on the split the flow was
 trained on (rebuilt from its ``config.json`` or the ckpt's data module
@@ -29,9 +30,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from unflow_zoo.studies import overparam
+
 __all__ = ["COMMANDS", "run_command"]
 
-COMMANDS = ("pretrained", "sample", "evaluate", "export")
+COMMANDS = ("pretrained", "sample", "evaluate", "export", "study")
 
 
 # ----- helpers ---------------------------------------------------------------------------------------
@@ -207,7 +210,7 @@ def _ood_data(model: Any, dm: Any, other: str, in_raw: Tensor, seed: int) -> Ten
 
     args = {k: v for k, v in dict(dm.hparams).items() if k[:1] != "_"}
     # The other data set in its own raw units: no standardisation of its own.
-    other_dm = DensityDataModule(**{**args, "dataset": other, "path": None, "standardize": False})
+    other_dm = DensityDataModule(**{**args, "dataset": other, "path": None, "standardize": False, "scaling": None})
     other_dm.setup("test")
     data = other_dm.test_data
     if tuple(data.shape[1:]) != tuple(in_raw.shape[1:]):
@@ -295,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", default=None, help="the family when the ckpt does not name its class")
     p.add_argument("--description", default="", help="one line for the listing")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("study", help="the package's experiments: `study overparam` (the seed paper's width sweep)")
+    studies = p.add_subparsers(dest="study", required=True)
+    q = studies.add_parser("overparam", help="constrained vs unconstrained flows as the width grows (resumable)")
+    overparam.add_arguments(q)
+    q.set_defaults(func=overparam.main)
     return parser
 
 

@@ -241,6 +241,89 @@ def test_true_log_prob_is_the_change_of_variables_formula() -> None:
     torch.testing.assert_close(dm.true_log_prob(x), expected)
 
 
+def _paper_split(dataset: str, **kwargs) -> DensityDataModule:
+    dm = DensityDataModule(dataset=dataset, val_fraction=0.0, test_fraction=0.1, seed=0, **kwargs)
+    dm.setup()
+    return dm
+
+
+@pytest.mark.parametrize("dataset", ["mog1d", "grid", "mog5d"])
+def test_ball_scaling_divides_by_twice_the_largest_training_norm(dataset: str) -> None:
+    raw, ball = _paper_split(dataset), _paper_split(dataset, scaling="ball")
+    dim = raw.event_shape[0]
+    s = 2.0 * float(raw.train_data.double().norm(dim=1).max())
+    assert ball.scaling == "ball" and not ball.hparams.standardize
+    torch.testing.assert_close(ball.mean, torch.zeros(dim, dtype=torch.float64), rtol=0, atol=0)
+    torch.testing.assert_close(ball.std, torch.full((dim,), s, dtype=torch.float64), rtol=1e-7, atol=0)
+    # the same split, divided by s and not centred; training points in the ball of radius 1/2
+    for served, unscaled in ((ball.train_data, raw.train_data), (ball.test_data, raw.test_data)):
+        torch.testing.assert_close(served.double(), unscaled.double() / s, rtol=1e-6, atol=1e-7)
+    assert float(ball.train_data.double().norm(dim=1).max()) == pytest.approx(0.5, rel=1e-6)
+
+
+def test_ball_scaling_round_trips_between_raw_and_served() -> None:
+    dm = _paper_split("grid", scaling="ball")
+    raw = _paper_split("grid").test_data.double()
+    served = dm.raw_to_served(raw)
+    torch.testing.assert_close(served.float(), dm.test_data)
+    torch.testing.assert_close(dm.transform_to_raw(served), raw, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dm.raw_to_served(dm.transform_to_raw(dm.train_data.double())), dm.train_data.double())
+
+
+@pytest.mark.parametrize("dataset", ["grid", "8gaussians", "gmm1d"])
+def test_true_log_prob_under_ball_scaling_agrees_with_a_standardized_module(dataset: str) -> None:
+    ball, std = _paper_split(dataset, scaling="ball"), _paper_split(dataset, standardize=True)
+    raw = std.transform_to_raw(std.test_data.double())
+    # log p_served = log p_raw + sum_d log s_d for either scaling, so both give the same raw density
+    lp_ball = ball.true_log_prob(ball.raw_to_served(raw)) - torch.log(ball.std).sum()
+    lp_std = std.true_log_prob(std.raw_to_served(raw)) - torch.log(std.std).sum()
+    torch.testing.assert_close(lp_ball, lp_std)
+    torch.testing.assert_close(lp_ball, _paper_split(dataset).true_log_prob(raw))
+    assert not torch.allclose(ball.std, std.std)  # two different scalings
+
+
+def test_true_log_prob_under_ball_scaling_fits_the_statistics_first() -> None:
+    dm = DensityDataModule(dataset="grid", val_fraction=0.0, scaling="ball")
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    lp = dm.true_log_prob(x)  # calls setup(): s is needed
+    assert dm.is_setup and not torch.allclose(dm.std, torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(lp, _paper_split("grid").true_log_prob(x) + torch.log(dm.std).sum())
+
+
+def test_standardize_is_a_synonym_of_scaling_standardize() -> None:
+    by_flag, by_name = _paper_split("grid", standardize=True), _paper_split("grid", scaling="standardize")
+    assert by_flag.scaling == by_name.scaling == "standardize"
+    assert by_flag.hparams.standardize and by_name.hparams.standardize  # what the pretrained records read
+    torch.testing.assert_close(by_flag.std, by_name.std, rtol=0, atol=0)
+    torch.testing.assert_close(by_flag.train_data, by_name.train_data, rtol=0, atol=0)
+    assert _paper_split("grid", scaling="none").scaling == DensityDataModule(dataset="grid").scaling == "none"
+    # the recorded arguments rebuild the same module (as the pretrained loader does)
+    for dm in (by_name, _paper_split("grid", scaling="ball")):
+        args = {k: v for k, v in dict(dm.hparams).items() if not k.startswith("_")}
+        rebuilt = DensityDataModule(**args)
+        rebuilt.setup()
+        assert rebuilt.scaling == dm.scaling
+        torch.testing.assert_close(rebuilt.std, dm.std, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"standardize": True, "scaling": "ball"}, "standardize=True means scaling='standardize'.*'ball'"),
+        ({"standardize": True, "scaling": "none"}, "conflicts with scaling='none'"),
+        ({"scaling": "minmax"}, "unknown scaling 'minmax'; choose one of: none, standardize, ball"),
+    ],
+)
+def test_conflicting_or_unknown_scaling_is_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DensityDataModule(dataset="grid", **kwargs)
+
+
+def test_scaling_is_ignored_with_a_warning_for_images() -> None:
+    with pytest.warns(UserWarning, match="ignores scaling='ball'"):
+        DensityDataModule(dataset="digits", scaling="ball")
+
+
 def test_true_log_prob_keeps_dtype_and_shape() -> None:
     dm = DensityDataModule(dataset="gmm1d", n_samples=100)
     x = torch.linspace(-3, 3, 7)[:, None]

@@ -13,6 +13,7 @@ from unflow_zoo.models.registry import create_model, get_model_class
 from unflow_zoo.models.unconstrained import UnconstrainedFlow
 from unflow_zoo.testing import check_transform
 from unflow_zoo.transforms.integral import UnconstrainedMonotoneTransform
+from unflow_zoo.transforms.paper_integral import PaperUnconstrainedTransform
 
 
 SMALL = dict(hidden=[16, 16], embedding=4, conditioner_hidden=[16, 16], n_nodes=24)
@@ -127,3 +128,48 @@ def test_training_fits_a_two_gaussian_mixture() -> None:
         p = model.log_prob(torch.tensor([[-2.5], [0.0], [2.5]])).exp()
     assert float(p[1]) < 0.2 * min(float(p[0]), float(p[2]))
     assert 0.15 < float(p[0]) < 0.25 and 0.15 < float(p[2]) < 0.25
+
+
+# ----- layout="paper": the seed paper's per-coordinate networks -----------------------------------
+
+
+def test_paper_layout_trains_with_sgd_from_the_data_minimum() -> None:
+    torch.manual_seed(0)
+    model = create_model(
+        "unconstrained", event_shape=(2,), layout="paper", integrand="paper", width=32, n_layers=1,
+        base="exponential", min_slope=0.0, quadrature="riemann", n_nodes=50, lower_limit=[-1.0, -1.0],
+        optimizer="sgd", lr=0.005,
+    )
+    (t,) = model.transforms
+    assert isinstance(t, PaperUnconstrainedTransform) and t.lower.tolist() == [-1.0, -1.0]
+    assert set(model.parameter_groups()) == {"W", "b", "a"}
+    data = torch.rand(64, 2) * 2 - 1  # on [x0, x0 + 2]
+    optimizer = model.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    w0 = t.W.detach().clone()
+    losses = []
+    for _ in range(5):
+        loss = -model.log_prob(data).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert all(math.isfinite(v) for v in losses)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not torch.equal(t.W.detach(), w0)
+    with torch.no_grad():
+        assert float(model.log_prob(torch.tensor([[-1.5, 0.0]]))) == -math.inf  # below x0: outside the support
+
+
+def test_paper_layout_options() -> None:
+    model = UnconstrainedFlow(event_shape=(3,), layout="paper", integrand="paper", width=8, n_layers=2,
+                              base="exponential", lower_limit=-2.0)
+    first, second = model.transforms
+    assert first.lower.tolist() == [-2.0] * 3 and second.lower.tolist() == [0.0] * 3
+    assert model.hparams.layout == "paper"
+    with pytest.raises(ValueError, match="integrand='paper'"):
+        UnconstrainedFlow(event_shape=(2,), layout="paper")
+    with pytest.raises(ValueError, match="needs layout='paper'"):
+        UnconstrainedFlow(event_shape=(2,), lower_limit=[0.0, 1.0], **SMALL)
+    with pytest.raises(ValueError, match="one per coordinate"):
+        UnconstrainedFlow(event_shape=(2,), layout="paper", integrand="paper", lower_limit=[0.0, 1.0, 2.0])

@@ -16,7 +16,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -30,9 +30,13 @@ from unflow_zoo.data.preprocess import PixelPreprocess, dequantize
 from unflow_zoo.data.synthetic import SOURCES, Source, get_source
 from unflow_zoo.data.validation import validate_points
 
-__all__ = ["DensityDataModule", "dataset_names", "split_sizes"]
+__all__ = ["SCALINGS", "DensityDataModule", "Scaling", "dataset_names", "split_sizes"]
 
 _FILE = "file"
+
+Scaling = Literal["none", "standardize", "ball"]
+#: The values of ``DensityDataModule(scaling=...)``.
+SCALINGS: tuple[str, ...] = ("none", "standardize", "ball")
 
 if (
     len({*SOURCES, *VENDORED, *IMAGE_DATASETS, _FILE}) != len(SOURCES) + len(VENDORED) + len(IMAGE_DATASETS) + 1
@@ -140,17 +144,27 @@ class DensityDataModule(L.LightningDataModule):
 
     **Tabular data** (synthetic sources, shipped files, ``file``): ``setup()`` draws
     (or reads) the data, checks it for NaN/inf, shuffles it with ``seed`` and splits it
-    by the fractions; the same arguments always give the same splits. With
-    ``standardize=True`` the served data are :math:`\tilde x = (x - m)/s`, with the
-    training set's mean :math:`m` and standard deviation :math:`s`, and the true
-    density transforms as
+    by the fractions; the same arguments always give the same splits. With a ``scaling``
+    the served data are :math:`\tilde x = (x - m)/s`, with statistics of the training
+    split alone:
+
+    - ``"standardize"`` (or ``standardize=True``): the training set's mean :math:`m` and
+      standard deviation :math:`s` per coordinate;
+    - ``"ball"``: :math:`m = 0` and :math:`s_d = 2 \max_i \|x_i\|` for every coordinate, so
+      that the training points lie in the ball of radius 1/2 (the seed paper's unconstrained
+      runs, ``UNF/utils.py``; not centred);
+
+    and the true density transforms as
 
     .. math:: \log \tilde p(\tilde x) = \log p(s \odot \tilde x + m) + \textstyle\sum_d \log s_d .
 
+    Both are recorded as ``mean`` / ``std``, which :meth:`raw_to_served`,
+    :meth:`transform_to_raw`, :meth:`true_log_prob` and saved pretrained flows use.
+
     **UCI** (``power``, ``gas``, ``hepmass``, ``miniboone``, ``bsds300``; via
     :func:`unflow_zoo.data.uci.load_uci`): the published train/validation/test splits,
-    already normalised as in MAF. ``val_fraction``, ``test_fraction``, ``standardize`` and
-    ``n_samples`` are ignored (a warning says so when they differ from their defaults).
+    already normalised as in MAF. ``val_fraction``, ``test_fraction``, ``standardize``,
+    ``scaling`` and ``n_samples`` are ignored (a warning says so when they differ from their defaults).
 
     **Images** (``digits``, ``mnist``): integer pixels :math:`k` with :math:`L` levels are
     served as :math:`x = g(k + u)`, :math:`u \sim U[0,1)` (:mod:`unflow_zoo.data.preprocess`):
@@ -169,7 +183,7 @@ class DensityDataModule(L.LightningDataModule):
       (the last 10 000 of 60 000) is the validation set, as in MAF's 50k/10k/10k, whatever
       the value of ``val_fraction``; with ``val_fraction = 0`` all 60 000 train.
 
-    ``standardize`` and ``n_samples`` are ignored for images; ``train_data`` /
+    ``standardize``, ``scaling`` and ``n_samples`` are ignored for images; ``train_data`` /
     ``val_data`` / ``test_data`` hold served float32 tensors (training split dequantised
     with fixed noise, for baselines and plots; training batches use fresh noise).
 
@@ -188,7 +202,11 @@ class DensityDataModule(L.LightningDataModule):
         test_fraction: share of points held out for testing.
         seed: seeds data generation, the split, the training shuffle and the dequantisation noise.
         standardize: serve each coordinate with zero mean and unit variance on
-            the training set (tabular data only).
+            the training set (tabular data only); the same as ``scaling="standardize"``.
+        scaling: ``"none"``, ``"standardize"`` or ``"ball"`` (see above; tabular data only);
+            None: ``"standardize"`` if ``standardize`` else ``"none"``. ``standardize=True``
+            with another scaling is an error. ``hparams.standardize`` records whether the
+            standardisation applies (True after ``scaling="standardize"`` too).
         num_workers: DataLoader worker processes.
         eval_batch_size: batch size for validation and test; ``batch_size`` if None.
         flatten: images only: serve ``(B, C*H*W)`` vectors (event_shape ``(64,)`` for digits,
@@ -205,7 +223,7 @@ class DensityDataModule(L.LightningDataModule):
     References:
         Shah, Deshpande & Goyal, "Learning and Generalization in Overparameterized
         Normalizing Flows", AISTATS 2022 (the shipped files; 90/10 train/test and
-        standardisation in its constrained-flow runs).
+        standardisation in its constrained-flow runs, "ball" scaling in its unconstrained ones).
         Papamakarios, Pavlakou & Murray, "Masked Autoregressive Flow for Density Estimation",
         NeurIPS 2017 (UCI preprocessing and splits; MNIST 50k/10k/10k with logit, alpha 1e-6).
         Dinh, Sohl-Dickstein & Bengio, "Density estimation using Real NVP", ICLR 2017
@@ -223,6 +241,7 @@ class DensityDataModule(L.LightningDataModule):
         test_fraction: float = 0.1,
         seed: int = 0,
         standardize: bool = False,
+        scaling: Scaling | None = None,
         num_workers: int = 0,
         eval_batch_size: int | None = None,
         flatten: bool = False,
@@ -250,6 +269,15 @@ class DensityDataModule(L.LightningDataModule):
                 f"val_fraction + test_fraction = {val_fraction + test_fraction} leaves nothing to train on; "
                 "keep their sum below 1"
             )
+        if scaling is not None and scaling not in SCALINGS:
+            raise ValueError(f"unknown scaling {scaling!r}; choose one of: {', '.join(SCALINGS)}")
+        if standardize and scaling not in (None, "standardize"):
+            raise ValueError(
+                f"standardize=True means scaling='standardize', which conflicts with scaling={scaling!r}; "
+                "give only scaling="
+            )
+        #: The scaling applied to tabular data: ``"none"``, ``"standardize"`` or ``"ball"``.
+        self.scaling: str = scaling if scaling is not None else ("standardize" if standardize else "none")
 
         self.source: Source | None = None
         self.file: Path | None = None
@@ -273,7 +301,7 @@ class DensityDataModule(L.LightningDataModule):
                 )
             self.preprocess = PixelPreprocess(spec.levels, logit_alpha)
             dim = math.prod(spec.shape)
-            self._warn_ignored(dataset, standardize=False, n_samples=20000)
+            self._warn_ignored(dataset, standardize=False, scaling=None, n_samples=20000)
             if dataset == "mnist":
                 self._warn_ignored(dataset, test_fraction=0.1)
                 if val_fraction not in (0.0, 0.1):
@@ -285,7 +313,9 @@ class DensityDataModule(L.LightningDataModule):
                     )
         elif dataset in uci:
             dim = uci[dataset]
-            self._warn_ignored(dataset, val_fraction=0.1, test_fraction=0.1, standardize=False, n_samples=20000)
+            self._warn_ignored(
+                dataset, val_fraction=0.1, test_fraction=0.1, standardize=False, scaling=None, n_samples=20000
+            )
         else:
             if path is None:
                 raise ValueError("dataset='file' needs path=: a text file with one point per line")
@@ -294,6 +324,9 @@ class DensityDataModule(L.LightningDataModule):
         if self.preprocess is None:
             self._warn_ignored(dataset, flatten=False, dequantize=True, logit_alpha=None)
         self.event_shape: tuple[int, ...] = IMAGE_DATASETS[dataset].shape if self.is_image and not flatten else (dim,)
+        # Readers of hparams.standardize (the pretrained records) see either spelling; the
+        # warnings above have named what the caller actually passed.
+        self.hparams["standardize"] = self.scaling == "standardize"
 
         self.train_data: Tensor | None = None
         self.val_data: Tensor | None = None
@@ -344,7 +377,7 @@ class DensityDataModule(L.LightningDataModule):
         return read_points(self.file)  # validates, naming lines
 
     def setup(self, stage: str | None = None) -> None:
-        """Draw or read the data, validate, shuffle, split and (optionally) standardize; runs once."""
+        """Draw or read the data, validate, shuffle, split and (optionally) scale; runs once."""
         if self.is_setup:
             return
         if self.is_image:
@@ -365,11 +398,16 @@ class DensityDataModule(L.LightningDataModule):
         n_train, n_val, _ = split_sizes(raw.shape[0], hp.val_fraction, hp.test_fraction)
         raw = raw[np.random.default_rng(split_seq).permutation(raw.shape[0])]
         train, val, test = raw[:n_train], raw[n_train : n_train + n_val], raw[n_train + n_val :]
-        if hp.standardize:
+        if self.scaling == "standardize":
             mean, std = train.mean(axis=0), train.std(axis=0)
             # A constant coordinate (or a single training point) has no scale to divide by.
             std = np.where(std > 0, std, 1.0)
             self.mean, self.std = torch.from_numpy(mean), torch.from_numpy(std)
+        elif self.scaling == "ball":
+            radius = float(np.linalg.norm(train.astype(np.float64), axis=1).max())
+            scale = 2.0 * radius if radius > 0 else 1.0  # all points at the origin: nothing to divide by
+            self.mean = torch.zeros(train.shape[1], dtype=torch.float64)
+            self.std = torch.full((train.shape[1],), scale, dtype=torch.float64)
         self.train_data = self.raw_to_served(torch.from_numpy(train)).float()
         self.val_data = self.raw_to_served(torch.from_numpy(val)).float()
         self.test_data = self.raw_to_served(torch.from_numpy(test)).float()
@@ -429,7 +467,7 @@ class DensityDataModule(L.LightningDataModule):
         parts = [collate.serve(pixels[i : i + chunk]) for i in range(0, pixels.shape[0], chunk)]
         return torch.cat(parts) if parts else torch.zeros(0, *self.event_shape)
 
-    # ----- standardization and pixel preprocessing --------------------------------------------
+    # ----- scaling and pixel preprocessing -----------------------------------------------------
     def transform_to_raw(self, x: Tensor) -> Tensor:
         """Served coordinates to the source's own: :math:`x \\odot s + m`; for images, the
         dequantised pixels :math:`y = g^{-1}(x) \\in [0, L)` (in ``x``'s shape)."""
@@ -476,13 +514,13 @@ class DensityDataModule(L.LightningDataModule):
         """True log-density of served points ``x`` of shape ``(B, *event_shape)``, shape ``(B,)``.
 
         Computed in float64 and returned in ``x``'s dtype and device; ``None`` when
-        the density is unknown. Calls :meth:`setup` first if standardization
-        statistics are needed and not yet fitted.
+        the density is unknown. Calls :meth:`setup` first if the scaling statistics
+        are needed and not yet fitted.
         """
         if self._raw_log_prob is None:
             return None
         self._check_batch(x)
-        if self.hparams.standardize:
+        if self.scaling != "none":
             self.setup()
         # MPS has no float64; the density is cheap enough to evaluate on the CPU there.
         device = torch.device("cpu") if x.device.type == "mps" else x.device
@@ -554,7 +592,7 @@ class DensityDataModule(L.LightningDataModule):
         hp = self.hparams
         return (
             f"{type(self).__name__}(dataset={self.data_name!r}, event_shape={self.event_shape}, "
-            f"batch_size={hp.batch_size}, standardize={hp.standardize}, seed={hp.seed}"
+            f"batch_size={hp.batch_size}, scaling={self.scaling!r}, seed={hp.seed}"
             + (f", preprocess={self.preprocess!r}" if self.preprocess is not None else "")
             + ")"
         )

@@ -2,6 +2,7 @@ r"""Unconstrained flows: integrals of positive, unconstrained networks (UMNN, th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from torch import Tensor
@@ -10,10 +11,12 @@ from unflow_zoo.core.flow import Flow
 from unflow_zoo.models.base import FlowModule, stack_with_permutations
 from unflow_zoo.models.registry import register_model
 from unflow_zoo.transforms.integral import UnconstrainedMonotoneTransform
+from unflow_zoo.transforms.paper_integral import PaperUnconstrainedTransform
 
 __all__ = ["UnconstrainedFlow"]
 
 PARAMETER_GROUPS = ("W", "b", "a")
+LAYOUTS = ("umnn-maf", "paper")
 
 
 @register_model("unconstrained")
@@ -48,6 +51,27 @@ class UnconstrainedFlow(FlowModule):
     ``log_prob = -inf``. With ``normal``/``diag-normal`` bases :math:`\beta` is learned
     and ``lower_limit`` only moves the origin of the first layer's integrals.
 
+    Layout: ``layout="umnn-maf"`` (the default) is the above, one integrand shared by
+    the coordinates and fed a MADE embedding :math:`h_i(x_{<i})`. ``layout="paper"`` is
+    the seed paper's own D-dimensional UNF (its ``UNF/utils.py``): one width-:math:`m`
+    network per coordinate fed the raw :math:`[x_{<i}, t]`,
+
+    .. math::
+
+        y_i = \int_{x_{0,i}}^{x_i} \phi\big(s\, a_i^\top \mathrm{ReLU}(W_i x_{<i} + w_i t + b_i)\big) + \epsilon\; dt,
+
+    with no offset :math:`\beta` for any base; see
+    :class:`~unflow_zoo.transforms.paper_integral.PaperUnconstrainedTransform`. It needs
+    ``integrand="paper"`` and reads the paper integrand's hyper-parameters ``width``,
+    ``std_a``, ``init`` and ``train_top``; ``embedding``, ``conditioner_hidden``,
+    ``hidden`` and ``activation`` are ignored. Its ``lower_limit`` may be a list of
+    :math:`D` floats, the per-coordinate data minimum of the official code. The paper's
+    2-D UNF is::
+
+        UnconstrainedFlow(event_shape=(2,), layout="paper", integrand="paper", width=6400, n_layers=1,
+                          base="exponential", lower_limit=x.min(0).values.tolist(), min_slope=0.0,
+                          quadrature="riemann", n_nodes=50, optimizer="sgd", lr=0.005)
+
     The defaults are UMNN's (MLP integrand ``[64, 64]`` with leaky ReLU, embedding 16,
     MADE ``[64, 64]``, 3 layers, Clenshaw-Curtis quadrature with 32 nodes); they train
     well on the 2-D toys, and the learned densities integrate to 1 within 1e-4 there.
@@ -72,7 +96,8 @@ class UnconstrainedFlow(FlowModule):
         quadrature: ``clenshaw-curtis``, ``gauss-legendre`` or ``riemann`` (the paper's right sum).
         n_nodes: :math:`K`, quadrature nodes per integral.
         phi: positive function: ``elu`` (ELU + 1), ``softplus`` or ``exp``.
-        lower_limit: :math:`x_0` of the first layer (``None``: 0).
+        lower_limit: :math:`x_0` of the first layer (``None``: 0); for ``layout="paper"``
+            also a list of :math:`D` floats, one per coordinate.
         std_a: standard deviation of the paper integrand's fixed top layer.
         init: the paper integrand's initialisation, ``gaussian-sqrt-m`` (:math:`W, b \sim
             \mathcal N(0, 1/m)`) or ``gaussian-std`` (:math:`\mathcal N(0, 1)`, output scaled by
@@ -81,6 +106,8 @@ class UnconstrainedFlow(FlowModule):
         min_slope: :math:`\epsilon`, a floor on the derivative that makes every layer map
             onto all of :math:`\mathbb R` (0: the papers' exact parametrisation).
         permutation: ``reverse`` or ``random`` (seeded) feature order between layers.
+        layout: ``umnn-maf`` (a shared integrand on a MADE embedding) or ``paper`` (the seed
+            paper's per-coordinate networks on the raw :math:`x_{<i}`), see above.
         **kwargs: :class:`~unflow_zoo.models.base.FlowModule` options (``base``, ``lr``, ...).
 
     References:
@@ -105,12 +132,13 @@ class UnconstrainedFlow(FlowModule):
         quadrature: Literal["clenshaw-curtis", "gauss-legendre", "riemann"] = "clenshaw-curtis",
         n_nodes: int = 32,
         phi: Literal["elu", "softplus", "exp"] = "elu",
-        lower_limit: float | None = None,
+        lower_limit: float | list[float] | None = None,
         std_a: float = 0.25,
         init: Literal["gaussian-sqrt-m", "gaussian-std"] = "gaussian-sqrt-m",
         train_top: bool = False,
         min_slope: float = 1e-3,
         permutation: Literal["reverse", "random"] = "reverse",
+        layout: Literal["umnn-maf", "paper"] = "umnn-maf",
         **kwargs: Any,
     ) -> None:
         super().__init__(event_shape=event_shape, **kwargs)
@@ -118,10 +146,43 @@ class UnconstrainedFlow(FlowModule):
     def build_flow(self) -> Flow:
         hp = self.hparams
         d = self.vector_features()
+        if hp.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {hp.layout!r}; choose one of {LAYOUTS}")
+        lower = hp.lower_limit
+        per_coordinate = isinstance(lower, Sequence) and not isinstance(lower, str)
+        if hp.layout == "paper":
+            if hp.integrand != "paper":
+                raise ValueError(
+                    f"layout='paper' is the seed paper's per-coordinate one-hidden-layer networks; it needs "
+                    f"integrand='paper' (got {hp.integrand!r}), or use layout='umnn-maf' for the MLP integrand"
+                )
+            first = [float(v) for v in lower] if per_coordinate else float(lower) if lower is not None else 0.0
+
+            def paper_layer(k: int) -> PaperUnconstrainedTransform:
+                return PaperUnconstrainedTransform(
+                    d,
+                    hp.width,
+                    std_a=hp.std_a,
+                    init=hp.init,
+                    train_top=hp.train_top,
+                    quadrature=hp.quadrature,
+                    n_nodes=hp.n_nodes,
+                    phi=hp.phi,
+                    min_slope=hp.min_slope,
+                    # no offset in any layer; later ones integrate from 0, as in the UMNN-MAF layout
+                    lower_limit=first if k == 0 else 0.0,
+                )
+
+            return Flow(stack_with_permutations(paper_layer, hp.n_layers, d, hp.permutation), self.make_base())
+        if per_coordinate:
+            raise ValueError(
+                f"a per-coordinate lower_limit ({list(lower)}) needs layout='paper'; the UMNN-MAF layout "
+                "integrates every coordinate from one float"
+            )
         # A non-negative image for the exponential base: beta = 0 in every layer; the first
         # integrates from the lower limit, the others from 0, so x >= x0 <=> y >= 0 all the way.
         exponential = hp.base == "exponential"
-        lower = float(hp.lower_limit) if hp.lower_limit is not None else 0.0
+        lower = float(lower) if lower is not None else 0.0
         transform = stack_with_permutations(
             lambda k: UnconstrainedMonotoneTransform(
                 d,
@@ -148,9 +209,10 @@ class UnconstrainedFlow(FlowModule):
         return Flow(transform, self.make_base())
 
     @property
-    def transforms(self) -> list[UnconstrainedMonotoneTransform]:
+    def transforms(self) -> list[UnconstrainedMonotoneTransform | PaperUnconstrainedTransform]:
         """The integral transforms of the stack, data side first."""
-        return [t for t in self.flow.transform.modules() if isinstance(t, UnconstrainedMonotoneTransform)]
+        kinds = (UnconstrainedMonotoneTransform, PaperUnconstrainedTransform)
+        return [t for t in self.flow.transform.modules() if isinstance(t, kinds)]
 
     def parameter_groups(self) -> dict[str, list[Tensor]]:
         """Integrand tensors of every layer: ``"W"`` hidden weights, ``"b"`` hidden biases,

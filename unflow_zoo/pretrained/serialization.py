@@ -52,7 +52,9 @@ def data_record(datamodule: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     hparams = {k: v for k, v in dict(getattr(datamodule, "hparams", {}) or {}).items() if not str(k).startswith("_")}
     data = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": to_json(hparams)}
     preprocessing: dict[str, Any] = {"kind": "none"}
-    if hparams.get("standardize"):
+    # "standardize" records any per-coordinate affine scaling (x - mean) / std: the paper's
+    # "ball" scaling is mean 0 and std = twice the largest training norm
+    if hparams.get("standardize") or hparams.get("scaling") in ("standardize", "ball"):
         if getattr(datamodule, "train_data", None) is None:
             datamodule.setup("fit")
         preprocessing = {

@@ -17,8 +17,10 @@ from unflow_zoo.transforms.glow import (
 from unflow_zoo.transforms.integral import UnconstrainedMonotoneTransform, neural_integral
 from unflow_zoo.transforms.linear import LULinear
 from unflow_zoo.transforms.monotone import ConstrainedMonotone, ConstrainedMonotone1d
+from unflow_zoo.transforms.paper_integral import PaperUnconstrainedTransform
 from unflow_zoo.transforms.ode import ConcatSquashConv2d, ConcatSquashLinear, ODENet, ODETransform
 from unflow_zoo.transforms.quadrature import Quadrature, quadrature_rule
+from unflow_zoo.transforms.relu_integral import relu_net_integral, relu_net_integral_and_value
 from unflow_zoo.transforms.selfnorm import (
     LeakyReLU,
     SelfNormConv,
@@ -29,6 +31,7 @@ from unflow_zoo.transforms.selfnorm import (
 )
 from unflow_zoo.transforms.sigmoidal import DSFAutoregressive
 from unflow_zoo.transforms.spline import RQSAutoregressive, RQSCoupling, rational_quadratic_spline
+from unflow_zoo.transforms.tanh_sum import tanh_sum
 
 __all__ = [
     "ActNorm",
@@ -48,6 +51,7 @@ __all__ = [
     "MultiScaleGlow",
     "ODENet",
     "ODETransform",
+    "PaperUnconstrainedTransform",
     "Quadrature",
     "RQSAutoregressive",
     "RQSCoupling",
@@ -58,6 +62,9 @@ __all__ = [
     "Squeeze",
     "UnconstrainedMonotoneTransform",
     "alternating_mask",
+    "relu_net_integral",
+    "relu_net_integral_and_value",
+    "tanh_sum",
     "glow_step",
     "neural_integral",
     "quadrature_rule",

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -57,9 +57,10 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from unflow_zoo.core.transform import InputOutsideDomain, Transform
-from unflow_zoo.nn.integrand import Integrand, PaperInit, make_integrand
+from unflow_zoo.nn.integrand import Integrand, PaperInit, PaperIntegrand, make_integrand
 from unflow_zoo.nn.made import MADE
 from unflow_zoo.transforms.quadrature import Quadrature, QuadratureRule
+from unflow_zoo.transforms.relu_integral import relu_net_integral_and_value
 
 __all__ = [
     "PHI_NAMES",
@@ -69,6 +70,7 @@ __all__ = [
     "log_positive",
     "neural_integral",
     "positive",
+    "solve_monotone",
 ]
 
 PhiName = Literal["elu", "softplus", "exp"]
@@ -298,6 +300,91 @@ def neural_integral(
         )
 
 
+def solve_monotone(
+    value_and_slope: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+    target: Tensor,
+    start: Tensor,
+    *,
+    tol: float = 1e-6,
+    max_iter: int = 200,
+    owner: str = "transform",
+    stacklevel: int = 2,
+) -> Tensor:
+    r"""Solve :math:`Q(x) = \text{target}` elementwise for an increasing :math:`Q` (rtsafe, vectorised).
+
+    ``value_and_slope(x, idx)`` returns :math:`Q(x)` and a slope :math:`g(x) > 0` for
+    the 1-D points ``x`` of the still active elements ``idx`` (indices into
+    ``target``), so that per-element data (a conditioning, a lower limit) can be
+    gathered with ``idx``. Starting from ``start``, while an element has a bound on
+    one side only it steps towards the root by the larger of the Newton step and a
+    reach that doubles every time; once bracketed, it takes Newton steps that stay
+    inside the bracket and shrink fast enough, and bisects otherwise. Converged
+    elements (step or bracket below ``tol``, or a few ulps of :math:`x`) leave the
+    active set. An element still unbracketed after ``max_iter`` iterations lies
+    outside the image: :class:`InputOutsideDomain`; one bracketed but not converged
+    gives a ``RuntimeWarning`` (``stacklevel`` counted from this function). Runs in
+    the dtype of ``target``; callers disable autocast.
+
+    References:
+        Press et al., "Numerical Recipes", 3rd ed., 2007, Section 9.4 (``rtsafe``).
+    """
+    n = target.shape[0]
+    tiny = torch.finfo(target.dtype).eps
+    half_tol = 0.5 * tol
+    x = start.clone()
+    lo = torch.full_like(target, -math.inf)
+    hi = torch.full_like(target, math.inf)
+    dx = torch.full_like(target, math.inf)
+    dx_old = torch.full_like(target, math.inf)
+    reach = torch.full_like(target, 1e-2)
+    active = torch.ones(n, dtype=torch.bool, device=target.device)
+    idx = torch.arange(n, device=target.device)
+    for _ in range(max_iter):
+        xa = x[idx]
+        val, slope = value_and_slope(xa, idx)
+        f = val - target[idx]
+        lo_a = torch.where(f <= 0, xa, lo[idx])
+        hi_a = torch.where(f >= 0, xa, hi[idx])
+        newton = xa - f / slope
+        bracketed = torch.isfinite(lo_a) & torch.isfinite(hi_a)
+        # rtsafe: bisect when Newton leaves the bracket or does not halve the step before last
+        bad = ~((newton > lo_a) & (newton < hi_a)) | ((2 * f).abs() > (dx_old[idx] * slope).abs())
+        inside = torch.where(bad, 0.5 * (lo_a + hi_a), newton)
+        # one-sided: g > 0, so the Newton step points at the root; go at least `reach`
+        r = reach[idx]
+        step = torch.fmax((newton - xa).abs(), r)
+        step = torch.where(torch.isfinite(step), step, r)
+        outside = torch.where(f < 0, xa + step, xa - step)
+        x_new = torch.where(bracketed, inside, outside)
+        dx_a = x_new - xa
+        x[idx], lo[idx], hi[idx] = x_new, lo_a, hi_a
+        dx_old[idx], dx[idx] = dx[idx], dx_a
+        reach[idx] = torch.where(bracketed, r, 2 * step)
+        tol_a = half_tol + 4 * tiny * x_new.abs()
+        done = (f == 0) | (bracketed & ((dx_a.abs() <= tol_a) | (hi_a - lo_a <= tol_a)))
+        done &= torch.isfinite(x_new)
+        if bool(done.all()):
+            active[idx] = False
+            break
+        active[idx[done]] = False
+        idx = idx[~done]
+    if bool(active.any()):
+        unbracketed = active & ~(torch.isfinite(lo) & torch.isfinite(hi))
+        if bool(unbracketed.any()):
+            raise InputOutsideDomain(
+                f"{int(unbracketed.sum())} value(s) such as {float(target[unbracketed][0]):.4g} lie outside the "
+                f"image of {owner} (no bracket after {max_iter} iterations); with "
+                "min_slope=0 the image can be bounded, set min_slope > 0 to make it all of R"
+            )
+        warnings.warn(
+            f"{owner}.inverse: {int(active.sum())} value(s) did not reach the tolerance "
+            f"{tol:g} in {max_iter} iterations; raise max_iter",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
+    return x
+
+
 class _ConstantConditioner(nn.Module):
     """A learned ``(h, beta)`` shared by the whole batch: the 1-D flow's conditioner."""
 
@@ -485,6 +572,8 @@ class UnconstrainedMonotoneTransform(Transform):
         c, beta = self._conditioning(x, context)
         tensors = self.integrand.path_tensors()
         q = self.quadrature
+        if isinstance(self.integrand, PaperIntegrand) and bool((q.nodes[1:] >= q.nodes[:-1]).all()):
+            return self._forward_relu(x, c, beta)
         with torch.autocast(device_type=x.device.type, enabled=False):
             y = NeuralIntegral.apply(
                 x, self.lower, c, q.nodes, q.weights, self.integrand, self.phi, self.min_slope, self.chunk, *tensors
@@ -493,6 +582,29 @@ class UnconstrainedMonotoneTransform(Transform):
                 y = y + beta
             n_x = self.integrand.evaluate(c, x.unsqueeze(-1), tensors).squeeze(-1)
             return y, log_positive(n_x, self.phi, self.min_slope).sum(dim=-1)
+
+    def _forward_relu(self, x: Tensor, c: Tensor, beta: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The paper integrand (one ReLU layer) through the exact O(m) quadrature of
+        :mod:`~unflow_zoo.transforms.relu_integral`: the same sum as :class:`NeuralIntegral`."""
+        integrand = self.integrand
+        assert isinstance(integrand, PaperIntegrand)
+        d, m = self.features, integrand.width
+        q = self.quadrature
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            w_t, a = integrand.path_tensors()
+            a = a * integrand.scale if integrand.scale != 1.0 else a
+            if self.conditioner is None and self.embedding == 0:
+                cg = integrand.b.view(1, 1, m).expand(d, 1, m)  # one constant pre-activation for every point
+            else:
+                cg = c.transpose(0, 1).contiguous()  # (D, B, m): one group per coordinate
+            y, n_x = relu_net_integral_and_value(
+                x.t().contiguous(), self.lower.view(1, 1).expand(d, 1), cg, w_t.unsqueeze(0).expand(d, m),
+                a.unsqueeze(0).expand(d, m), q.nodes, q.weights, self.phi, self.min_slope, q.rule == "riemann",
+            )  # fmt: skip
+            y = y.t()
+            if beta is not None:
+                y = y + beta
+            return y, log_positive(n_x, self.phi, self.min_slope).sum(dim=0)
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(y)
@@ -524,79 +636,38 @@ class UnconstrainedMonotoneTransform(Transform):
         """``Q(x) - beta`` and ``g(x)`` for 1-D ``x``, ``c`` of shape (n, H): one call on K + 1 points."""
         q = self.quadrature
         x0 = self.lower
+        if isinstance(self.integrand, PaperIntegrand) and bool((q.nodes[1:] >= q.nodes[:-1]).all()):
+            # the same O(m) quadrature as forward, so that inverse(forward(x)) == x to the tolerance
+            w_t, a = tensors
+            a = a * self.integrand.scale if self.integrand.scale != 1.0 else a
+            val, n_x = relu_net_integral_and_value(
+                x.unsqueeze(0), x0.view(1, 1), c.unsqueeze(0), w_t.unsqueeze(0), a.unsqueeze(0), q.nodes, q.weights,
+                self.phi, self.min_slope, q.rule == "riemann",
+            )  # fmt: skip
+            return val.squeeze(0), positive(n_x.squeeze(0), self.phi, self.min_slope)
         d = x - x0
         pts = torch.cat([torch.addcmul(x0, d.unsqueeze(-1), q.nodes), x.unsqueeze(-1)], dim=-1)
         g = positive(self.integrand.evaluate(c, pts, tensors), self.phi, self.min_slope)
         return d * (g[:, :-1] @ q.weights), g[:, -1]
 
     def _solve(self, c: Tensor, target: Tensor, tensors: Sequence[Tensor]) -> Tensor:
-        r"""Solve :math:`Q(x) = \text{target}` elementwise (rtsafe, vectorised).
+        r"""Solve :math:`Q(x) = \text{target}` elementwise with :func:`solve_monotone` (rtsafe, vectorised).
 
-        While an element has a bound on one side only, it steps towards the root by
-        the larger of the Newton step and a reach that doubles every time; once
-        bracketed, it takes Newton steps that stay inside the bracket and shrink fast
-        enough, and bisects otherwise. Converged elements leave the active set. Runs
-        with autocast disabled (a low-precision integrand would stall Newton at ~1e-3).
+        Runs with autocast disabled (a low-precision integrand would stall Newton at ~1e-3).
         """
         with torch.autocast(device_type=target.device.type, enabled=False):
             return self._solve_full_precision(c, target, tensors)
 
     def _solve_full_precision(self, c: Tensor, target: Tensor, tensors: Sequence[Tensor]) -> Tensor:
-        n = target.shape[0]
-        tiny = torch.finfo(target.dtype).eps
-        tol = 0.5 * self.inverse_tol
-        x = self.lower + target  # the identity map: where an untrained flow starts
-        lo = torch.full_like(target, -math.inf)
-        hi = torch.full_like(target, math.inf)
-        dx = torch.full_like(target, math.inf)
-        dx_old = torch.full_like(target, math.inf)
-        reach = torch.full_like(target, 1e-2)
-        active = torch.ones(n, dtype=torch.bool, device=target.device)
-        idx = torch.arange(n, device=target.device)
-        for _ in range(self.max_iter):
-            xa = x[idx]
-            val, slope = self._value_and_slope(xa, c[idx], tensors)
-            f = val - target[idx]
-            lo_a = torch.where(f <= 0, xa, lo[idx])
-            hi_a = torch.where(f >= 0, xa, hi[idx])
-            newton = xa - f / slope
-            bracketed = torch.isfinite(lo_a) & torch.isfinite(hi_a)
-            # rtsafe: bisect when Newton leaves the bracket or does not halve the step before last
-            bad = ~((newton > lo_a) & (newton < hi_a)) | ((2 * f).abs() > (dx_old[idx] * slope).abs())
-            inside = torch.where(bad, 0.5 * (lo_a + hi_a), newton)
-            # one-sided: g > 0, so the Newton step points at the root; go at least `reach`
-            r = reach[idx]
-            step = torch.fmax((newton - xa).abs(), r)
-            step = torch.where(torch.isfinite(step), step, r)
-            outside = torch.where(f < 0, xa + step, xa - step)
-            x_new = torch.where(bracketed, inside, outside)
-            dx_a = x_new - xa
-            x[idx], lo[idx], hi[idx] = x_new, lo_a, hi_a
-            dx_old[idx], dx[idx] = dx[idx], dx_a
-            reach[idx] = torch.where(bracketed, r, 2 * step)
-            tol_a = tol + 4 * tiny * x_new.abs()
-            done = (f == 0) | (bracketed & ((dx_a.abs() <= tol_a) | (hi_a - lo_a <= tol_a)))
-            done &= torch.isfinite(x_new)
-            if bool(done.all()):
-                active[idx] = False
-                break
-            active[idx[done]] = False
-            idx = idx[~done]
-        if bool(active.any()):
-            unbracketed = active & ~(torch.isfinite(lo) & torch.isfinite(hi))
-            if bool(unbracketed.any()):
-                raise InputOutsideDomain(
-                    f"{int(unbracketed.sum())} value(s) such as {float(target[unbracketed][0]):.4g} lie outside the "
-                    f"image of {type(self).__name__} (no bracket after {self.max_iter} iterations); with "
-                    "min_slope=0 the image can be bounded, set min_slope > 0 to make it all of R"
-                )
-            warnings.warn(
-                f"{type(self).__name__}.inverse: {int(active.sum())} value(s) did not reach the tolerance "
-                f"{self.inverse_tol:g} in {self.max_iter} iterations; raise max_iter",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        return x
+        return solve_monotone(
+            lambda x, idx: self._value_and_slope(x, c[idx], tensors),
+            target,
+            self.lower + target,  # the identity map: where an untrained flow starts
+            tol=self.inverse_tol,
+            max_iter=self.max_iter,
+            owner=type(self).__name__,
+            stacklevel=4,  # point at the line in inverse(): solve_monotone, this method, _solve, inverse
+        )
 
     def extra_repr(self) -> str:
         return (
