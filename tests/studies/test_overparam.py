@@ -29,8 +29,10 @@ def test_smoke_sweep_writes_rows_report_and_figures(tmp_path: Path) -> None:
     cfg = quick_config(out=tmp_path, **TINY)
     rows = run_study(cfg, say=lambda msg: None)
     jobs = jobs_of(cfg)
-    # paper: 2 families x 2 data x 2 widths; matched: unconstrained only
-    assert len(jobs) == 8 + 4
+    # paper: 2 families x 2 data x 2 widths; matched: unconstrained only, and not at the
+    # reference (narrowest) width, where its rate is the paper's
+    assert len(jobs) == 8 + 2
+    assert all(j.width == 32 for j in jobs if j.variant == "matched")
     assert len(rows) == len(jobs) * 2 * 3  # seeds x (init + 2 epochs)
     with (tmp_path / "results.csv").open() as fh:
         assert tuple(csv.DictReader(fh).fieldnames or ()) == COLUMNS
@@ -49,6 +51,8 @@ def test_smoke_sweep_writes_rows_report_and_figures(tmp_path: Path) -> None:
         ref = paper[(8, seed, r["data"])]["grad_sq_init"]
         assert r["lr"] == pytest.approx(PAPER["unconstrained"].lr * ref / r["grad_sq_init"], rel=1e-5)
     summary = write_report(rows, tmp_path).read_text()
+    # the reference width appears in the matched rows of the report, as the paper's run
+    assert "| gmm1d | unconstrained | matched | 8 |" in summary
     assert "| gmm1d | constrained | paper | 4 |" in summary and "Width effects" in summary
     for name in ("final_nll_vs_width.png", "weight_movement_vs_width.png", "ablation_matched_step.png",
                  "nll_vs_epoch_unconstrained_grid.png"):  # fmt: skip

@@ -107,6 +107,8 @@ def library() -> ctypes.CDLL | None:
     setting = os.environ.get("UNFLOW_ZOO_NATIVE", "auto").lower()
     if setting in ("0", "false", "off", "no"):
         return None
+    if "lib" in _STATE:  # the common case, called on every kernel launch: no lock
+        return _STATE["lib"]  # type: ignore[return-value]
     with _LOCK:
         if "lib" not in _STATE:
             try:

@@ -59,7 +59,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -314,8 +313,11 @@ def jobs_of(config: StudyConfig) -> list[Job]:
                 raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
             if family not in config.variant_families.get(variant, FAMILIES):
                 continue
+            widths = config.widths_for(family)
             for data in config.datasets:
-                for width in config.widths_for(family):
+                for width in widths:
+                    if variant == "matched" and width == min(widths):
+                        continue  # its rate is the paper's: the same run as the paper variant's
                     jobs.append(Job(family, variant, data, int(width), tuple(config.seeds)))
     return jobs
 

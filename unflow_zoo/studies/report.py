@@ -29,11 +29,29 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["final_rows", "make_figures", "summary_table", "width_effects", "write_report"]
+__all__ = ["final_rows", "make_figures", "summary_table", "width_effects", "with_reference", "write_report"]
 
 Row = dict[str, Any]
 _FAMILIES = ("constrained", "unconstrained")
 _DATASETS = ("mog1d", "beta1d", "gmm1d", "grid", "mog5d")
+
+
+def with_reference(rows: Sequence[Row]) -> list[Row]:
+    """``rows`` plus, for every (family, data set) with ``matched`` rows, the ``paper`` rows of the
+    narrowest width relabelled ``matched``: at the reference width the matched rate is the
+    paper's, so the study runs that job once (see :func:`~unflow_zoo.studies.overparam.jobs_of`)."""
+    out = list(rows)
+    matched = {(r["family"], r["data"]) for r in rows if r["variant"] == "matched"}
+    for family, data in matched:
+        paper = [r for r in rows if r["variant"] == "paper" and r["family"] == family and r["data"] == data]
+        if not paper:
+            continue
+        narrow = min(r["width"] for r in paper)
+        if any(r["variant"] == "matched" and r["family"] == family and r["data"] == data and r["width"] == narrow
+               for r in rows):  # fmt: skip
+            continue
+        out.extend({**r, "variant": "matched"} for r in paper if r["width"] == narrow)
+    return out
 
 
 def final_rows(rows: Sequence[Row]) -> list[Row]:
@@ -176,6 +194,10 @@ def _mean_curve(rows: Sequence[Row], key: str) -> tuple[list[int], list[float], 
     return epochs, mean, sd
 
 
+def _sd(values: Sequence[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def make_figures(rows: Sequence[Row], out: str | os.PathLike[str], dpi: int = 90) -> list[Path]:
     """Write the study's figures into ``out``:
 
@@ -233,7 +255,7 @@ def make_figures(rows: Sequence[Row], out: str | os.PathLike[str], dpi: int = 90
         for i, family in enumerate(families):
             widths = sorted(k[3] for k in cells if k[:3] == (family, "paper", data))
             means = [np.mean([r["test_nll"] for r in cells[(family, "paper", data, w)]]) for w in widths]
-            sds = [np.std([r["test_nll"] for r in cells[(family, "paper", data, w)]], ddof=1) for w in widths]
+            sds = [_sd([r["test_nll"] for r in cells[(family, "paper", data, w)]]) for w in widths]
             ax.errorbar(widths, means, yerr=sds, marker="o", color=f"C{i}", label=family, capsize=3)
         true = [r["true_nll"] for r in final_rows(rows) if r["data"] == data and math.isfinite(r["true_nll"])]
         if true:
@@ -277,8 +299,7 @@ def make_figures(rows: Sequence[Row], out: str | os.PathLike[str], dpi: int = 90
             for i, variant in enumerate(("paper", "matched")):
                 widths = sorted(k[3] for k in cells if k[:3] == ("unconstrained", variant, data))
                 means = [np.mean([r["test_nll"] for r in cells[("unconstrained", variant, data, w)]]) for w in widths]
-                sds = [np.std([r["test_nll"] for r in cells[("unconstrained", variant, data, w)]], ddof=1)
-                       for w in widths]  # fmt: skip
+                sds = [_sd([r["test_nll"] for r in cells[("unconstrained", variant, data, w)]]) for w in widths]
                 label = "paper lr" if variant == "paper" else "matched function-space step"
                 ax.errorbar(widths, means, yerr=sds, marker="o", color=f"C{i + 2}", label=label, capsize=3)
             ax.set_xscale("log")
@@ -297,6 +318,7 @@ def make_figures(rows: Sequence[Row], out: str | os.PathLike[str], dpi: int = 90
 def write_report(rows: Sequence[Row], out: str | os.PathLike[str]) -> Path:
     """``summary.md`` (tables) and the figures in ``out``; returns the summary's path."""
     out = Path(out)
+    rows = with_reference(rows)
     make_figures(rows, out)
     text = "# Overparameterization study: results\n\n## Final epoch\n\n" + summary_table(rows)
     text += "\n## Width effects (paired over seeds, widest vs narrowest)\n\n" + effects_table(width_effects(rows))

@@ -363,6 +363,8 @@ class ConstrainedMonotone(Transform):
         conditioner to run in low precision), its log-derivative is a log-space matmul
         and a logsumexp, and the bisection inverse must invert the same float32 map.
         """
+        if not torch.is_autocast_enabled(x.device.type):  # entering the context costs more than the small maps
+            return self._run_full_precision(x, with_logdet)
         with torch.autocast(device_type=x.device.type, enabled=False):
             return self._run_full_precision(x, with_logdet)
 
