@@ -29,10 +29,10 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unflow_zoo.transforms.monotone import ConstrainedMonotone
+from unflow_zoo.transforms.positive import log_positive
 from unflow_zoo.transforms.relu_integral import relu_net_integral_and_value
 from unflow_zoo.transforms.tanh_sum import tanh_sum
 
@@ -260,8 +260,7 @@ class UnconstrainedEnsemble(_Ensemble):
             xg, self.lower.reshape(e * d, 1), c, self.w_t.reshape(e * d, m), self.a.reshape(e * d, m),
             self.nodes, self.weights, self.phi, self.min_slope, uniform_right=True,
         )  # fmt: skip
-        slope = (F.elu(nx) + 1.0 if self.phi == "elu" else F.softplus(nx) if self.phi == "softplus" else nx.exp())
-        lp = -y + torch.log(slope + self.min_slope)
+        lp = -y + log_positive(nx, self.phi, self.min_slope)  # as the transform computes its log-det
         lp = lp.view(e, d, batch).sum(1)
         outside = (y.view(e, d, batch) < 0).any(1)  # below the lower limit: zero base density
         return lp.masked_fill(outside, -math.inf)

@@ -50,6 +50,7 @@ References:
 
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 import os
@@ -64,6 +65,8 @@ from torch import Tensor
 
 from unflow_zoo.data import DensityDataModule
 from unflow_zoo.studies.ensemble import ConstrainedEnsemble, UnconstrainedEnsemble, _Ensemble
+from unflow_zoo.transforms.monotone import ConstrainedMonotone
+from unflow_zoo.transforms.paper_integral import PaperUnconstrainedTransform
 
 __all__ = [
     "COLUMNS",
@@ -267,13 +270,10 @@ def member_transform(family: str, width: int, features: int, seed: int, lower: T
         )  # fmt: skip
     else:
         raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
-    transforms = [m for m in model.flow.transform.modules() if type(m).__name__ in _TRANSFORM_NAMES]
+    transforms = [m for m in model.flow.transform.modules() if isinstance(m, (ConstrainedMonotone, PaperUnconstrainedTransform))]
     if len(transforms) != 1:
         raise RuntimeError(f"expected one {family} transform in the model, found {len(transforms)}")
     return transforms[0]
-
-
-_TRANSFORM_NAMES = {"ConstrainedMonotone", "PaperUnconstrainedTransform"}
 
 
 def build_ensemble(family: str, width: int, features: int, seeds: Sequence[int], lowers: Sequence[Tensor]) -> _Ensemble:
@@ -628,15 +628,9 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--order", choices=("largest-first", "cheapest-first"), default="largest-first")
     p.add_argument("--report-only", action="store_true", help="only rebuild results.csv, summary.md and figures")
     # smoke runs (the test suite): cut every epoch and split short
-    p.add_argument("--max-steps", type=int, default=None, help=argparse_suppress())
-    p.add_argument("--max-train", type=int, default=None, help=argparse_suppress())
-    p.add_argument("--max-test", type=int, default=None, help=argparse_suppress())
-
-
-def argparse_suppress() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
+    p.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--max-train", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--max-test", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def config_from_args(args: Any) -> StudyConfig:

@@ -52,13 +52,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from unflow_zoo.core.transform import InputOutsideDomain, Transform
 from unflow_zoo.nn.integrand import Integrand, PaperInit, PaperIntegrand, make_integrand
 from unflow_zoo.nn.made import MADE
+from unflow_zoo.transforms.positive import PHI_NAMES, PhiName, d_positive, log_positive, positive
 from unflow_zoo.transforms.quadrature import Quadrature, QuadratureRule
 from unflow_zoo.transforms.relu_integral import relu_net_integral_and_value
 
@@ -73,53 +73,8 @@ __all__ = [
     "solve_monotone",
 ]
 
-PhiName = Literal["elu", "softplus", "exp"]
 # Integrand points per block: (points, 64) float32 activations of 2 MiB, about one L2.
 DEFAULT_CHUNK = 8192
-PHI_NAMES: tuple[str, ...] = ("elu", "softplus", "exp")
-
-
-def positive(n: Tensor, phi: str = "elu", eps: float = 0.0) -> Tensor:
-    r""":math:`\phi(n) + \epsilon`: ``elu`` (:math:`\mathrm{ELU}(n) + 1`), ``softplus`` or ``exp``."""
-    if phi == "elu":
-        return F.elu(n) + (1.0 + eps)
-    if phi == "softplus":
-        out = F.softplus(n)
-    elif phi == "exp":
-        out = n.exp()
-    else:
-        raise ValueError(f"unknown phi {phi!r}; choose one of {PHI_NAMES}")
-    return out + eps if eps else out
-
-
-def log_positive(n: Tensor, phi: str = "elu", eps: float = 0.0) -> Tensor:
-    r""":math:`\log(\phi(n) + \epsilon)`, computed without forming :math:`\phi(n)` where it underflows.
-
-    For ``elu`` and ``exp``, :math:`\phi(n) = e^n` for :math:`n < 0`, so the log is
-    :math:`\operatorname{logaddexp}(n, \log\epsilon)`: finite for any :math:`n`.
-    """
-    if phi not in PHI_NAMES:
-        raise ValueError(f"unknown phi {phi!r}; choose one of {PHI_NAMES}")
-
-    def log_exp_eps(m: Tensor) -> Tensor:  # log(e^m + eps)
-        return torch.logaddexp(m, m.new_tensor(math.log(eps))) if eps > 0 else m
-
-    if phi == "exp":
-        return log_exp_eps(n)
-    if phi == "elu":
-        # Clamp each branch to its own side so the branch torch.where drops has a finite gradient.
-        return torch.where(n > 0, torch.log1p(n.clamp(min=0) + eps), log_exp_eps(n.clamp(max=0)))
-    # softplus(n) = e^n (1 + O(e^n)) below -30: the log is n to 1e-13.
-    return torch.where(n < -30, log_exp_eps(n.clamp(max=-30)), torch.log(F.softplus(n.clamp(min=-30)) + eps))
-
-
-def d_positive(n: Tensor, phi: str, eps: float, g: Tensor) -> Tensor:
-    r""":math:`\phi'(n)`, given :math:`g = \phi(n) + \epsilon` (``elu`` and ``exp`` reuse it: :math:`\phi' = e^n`)."""
-    if phi == "elu":
-        return torch.where(n > 0, torch.ones_like(g), g - eps)
-    if phi == "softplus":
-        return torch.sigmoid(n)
-    return g - eps
 
 
 def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
@@ -512,6 +467,10 @@ class UnconstrainedMonotoneTransform(Transform):
             )
         self.embedding = self.integrand.embedding
         self.quadrature = Quadrature(quadrature, n_nodes)
+        # the paper's one-layer ReLU integrand has an exact O(m) quadrature (relu_integral.py),
+        # which bins units by node and needs ascending nodes; decided once, not per call
+        q = self.quadrature
+        self._relu_quadrature = isinstance(self.integrand, PaperIntegrand) and bool((q.nodes[1:] >= q.nodes[:-1]).all())
         self.phi, self.min_slope, self.offset = phi, float(min_slope), bool(offset)
         self.inverse_tol, self.max_iter, self.chunk = float(inverse_tol), int(max_iter), int(chunk)
         self.register_buffer("lower", torch.tensor(float(lower_limit)))
@@ -572,7 +531,7 @@ class UnconstrainedMonotoneTransform(Transform):
         c, beta = self._conditioning(x, context)
         tensors = self.integrand.path_tensors()
         q = self.quadrature
-        if isinstance(self.integrand, PaperIntegrand) and bool((q.nodes[1:] >= q.nodes[:-1]).all()):
+        if self._relu_quadrature:
             return self._forward_relu(x, c, beta)
         with torch.autocast(device_type=x.device.type, enabled=False):
             y = NeuralIntegral.apply(
@@ -636,7 +595,7 @@ class UnconstrainedMonotoneTransform(Transform):
         """``Q(x) - beta`` and ``g(x)`` for 1-D ``x``, ``c`` of shape (n, H): one call on K + 1 points."""
         q = self.quadrature
         x0 = self.lower
-        if isinstance(self.integrand, PaperIntegrand) and bool((q.nodes[1:] >= q.nodes[:-1]).all()):
+        if self._relu_quadrature:
             # the same O(m) quadrature as forward, so that inverse(forward(x)) == x to the tolerance
             w_t, a = tensors
             a = a * self.integrand.scale if self.integrand.scale != 1.0 else a

@@ -55,29 +55,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from unflow_zoo import native
+from unflow_zoo.transforms.positive import d_positive, positive
 
 __all__ = ["ReluNetIntegral", "relu_net", "relu_net_integral", "relu_net_integral_and_value"]
-
-
-def _phi(n: Tensor, phi: str) -> Tensor:
-    if phi == "elu":
-        return F.elu(n) + 1.0
-    if phi == "softplus":
-        return F.softplus(n)
-    if phi == "exp":
-        return torch.exp(n)
-    raise ValueError(f"unknown phi {phi!r}; choose elu, softplus or exp")
-
-
-def _phi_and_slope(n: Tensor, phi: str) -> tuple[Tensor, Tensor]:
-    """:math:`\\phi(n)` and :math:`\\phi'(n)`."""
-    if phi == "elu":
-        e = torch.exp(n.clamp(max=0.0))
-        return torch.where(n > 0, n + 1.0, e), torch.where(n > 0, torch.ones_like(n), e)
-    if phi == "softplus":
-        return F.softplus(n), torch.sigmoid(n)
-    e = torch.exp(n)
-    return e, e
 
 
 def relu_net(c: Tensor, w: Tensor, a: Tensor, t: Tensor) -> Tensor:
@@ -117,7 +97,8 @@ class ReluNetIntegral(torch.autograd.Function):
         bins = _switch_bins(alpha, beta, nodes, uniform_right)
         aa = a.unsqueeze(1)
         n = _node_values(torch.mul(aa, alpha), torch.mul(aa, beta), bins, nodes, k)
-        g, slope = _phi_and_slope(n, phi)
+        g = positive(n, phi)
+        slope = d_positive(n, phi, 0.0, g)
         y = d * (g @ weights) + eps * d
         zx = alpha + beta  # c + w x
         nx = torch.bmm(F.relu(zx), a.unsqueeze(-1)).squeeze(-1)
@@ -151,7 +132,7 @@ class ReluNetIntegral(torch.autograd.Function):
         if need_a:
             ga = (alpha * tg + beta * tgs).sum(1)
         if need_x:
-            gx = grad * (_phi(nx, ctx.phi) + ctx.eps)
+            gx = grad * positive(nx, ctx.phi, ctx.eps)
             if grad_nx is not None:
                 gx = gx + grad_nx * torch.bmm((alpha + beta > 0).to(a.dtype), (a * w).unsqueeze(-1)).squeeze(-1)
         return gx, None, gc, gw, ga, None, None, None, None, None
