@@ -123,3 +123,93 @@ def test_resumed_run_measures_from_the_first_initialisation(tmp_path, trainer_fa
     moved, _ = _by_hand(list(resumed.parameter_groups()["W"]), init["W"])
     assert [h["epoch"] for h in cb.history] == [0, 1]  # the first epoch's record came with the checkpoint
     assert cb.history[-1]["move_W"] == pytest.approx(moved, rel=1e-9)
+
+
+# ----- checkpoints a run can resume from -------------------------------------------------------------
+import lightning as L
+
+from unflow_zoo.callbacks import LastFiniteCheckpoint, RunCheckpoint
+from unflow_zoo.errors import DivergenceError
+from unflow_zoo.models.maf import MaskedAutoregressiveFlow
+
+
+class _NaNFrom(MaskedAutoregressiveFlow):
+    """A MAF whose training loss turns NaN at optimizer step ``at``."""
+
+    at = 3
+
+    def log_prob(self, x, context=None):
+        lp = super().log_prob(x, context)
+        if self.training and self._trainer is not None and self.trainer.global_step >= self.at:
+            return lp * math.nan
+        return lp
+
+
+def _weights(state: dict) -> dict:
+    return {k: v for k, v in state.items() if not k.startswith(("val_", "test_"))}
+
+
+@pytest.mark.parametrize("with_checkpoint", [False, True])
+def test_last_finite_checkpoint_keeps_the_weights_before_divergence(tmp_path, trainer_factory, with_checkpoint):
+    model = _NaNFrom(event_shape=(2,), n_layers=1, hidden=[8], lr=0.01)
+    cb = LastFiniteCheckpoint()
+    callbacks = [cb, RunCheckpoint(dirpath=str(tmp_path / "ckpts"))] if with_checkpoint else [cb]
+    trainer = trainer_factory(
+        max_epochs=3, callbacks=callbacks, default_root_dir=str(tmp_path), enable_checkpointing=with_checkpoint
+    )
+    with pytest.raises(DivergenceError) as info:
+        trainer.fit(model, _loader(n=64, d=2))  # 2 steps an epoch
+    # next to the run's other checkpoints, or in <default_root_dir>/checkpoints without any
+    expected = tmp_path / ("ckpts" if with_checkpoint else "checkpoints") / "last-finite.ckpt"
+    assert cb.last_path == expected and expected.is_file()
+    assert info.value.checkpoint_path == str(expected)
+    assert f"The last finite weights are saved in {expected}" in str(info.value)
+    assert "global step 3" in str(info.value)
+    state = torch.load(expected, map_location="cpu", weights_only=True)
+    assert state["global_step"] == 3
+    saved = _weights(state["state_dict"])
+    now = _weights(model.state_dict())
+    assert saved.keys() == now.keys()
+    for key, value in saved.items():
+        assert torch.isfinite(value).all() and torch.equal(value, now[key]), key
+    # the checkpoint loads back as the model it was
+    loaded = MaskedAutoregressiveFlow.load_from_checkpoint(expected)
+    x = torch.randn(5, 2)
+    assert torch.isfinite(loaded.log_prob(x)).all()
+
+
+def test_last_finite_checkpoint_ignores_other_errors(tmp_path, trainer_factory):
+    class Boom(L.Callback):
+        def on_train_batch_end(self, *args):
+            raise RuntimeError("not a divergence")
+
+    cb = LastFiniteCheckpoint(dirpath=str(tmp_path))
+    model = create_model("maf", event_shape=(2,), n_layers=1, hidden=[8])
+    with pytest.raises(RuntimeError, match="not a divergence"):
+        trainer_factory(max_epochs=1, callbacks=[cb, Boom()]).fit(model, _loader(n=64, d=2))
+    assert cb.last_path is None and not list(tmp_path.iterdir())
+
+
+def _epochs_saved(folder) -> dict:
+    return {p.name: torch.load(p, map_location="cpu", weights_only=True)["global_step"] for p in folder.glob("*.ckpt")}
+
+
+def test_run_checkpoint_saves_every_epoch_whatever_the_validation_interval(tmp_path, trainer_factory):
+    model = create_model("maf", event_shape=(2,), n_layers=1, hidden=[8])
+    # validation every 5 epochs: a plain ModelCheckpoint would save nothing in a 2-epoch run
+    cb = RunCheckpoint(dirpath=str(tmp_path), save_top_k=-1)
+    trainer = trainer_factory(max_epochs=2, callbacks=[cb], enable_checkpointing=True, check_val_every_n_epoch=5)
+    trainer.fit(model, _loader(n=64, d=2), _loader(n=32, d=2))
+    assert _epochs_saved(tmp_path) == {"epoch=0-step=2.ckpt": 2, "epoch=1-step=4.ckpt": 4, "last.ckpt": 4}
+
+
+@pytest.mark.parametrize("kwargs,max_epochs,expected", [
+    ({"every_n_epochs": 3}, 4, {"epoch=2-step=6.ckpt": 6, "last.ckpt": 8}),
+    ({"every_n_train_steps": 3}, 2, {"epoch=1-step=3.ckpt": 3, "last.ckpt": 4}),
+])  # fmt: skip
+def test_run_checkpoint_also_saves_at_the_end_of_fit(tmp_path, trainer_factory, kwargs, max_epochs, expected):
+    model = create_model("maf", event_shape=(2,), n_layers=1, hidden=[8])
+    cb = RunCheckpoint(dirpath=str(tmp_path), save_top_k=-1, **kwargs)
+    trainer_factory(max_epochs=max_epochs, callbacks=[cb], enable_checkpointing=True).fit(model, _loader(n=64, d=2))
+    assert _epochs_saved(tmp_path) == expected
+    assert cb.last_model_path == str(tmp_path / "last.ckpt")

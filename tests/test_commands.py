@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -117,7 +118,7 @@ def fitted_ckpt(tmp_path_factory):
         ])  # fmt: skip
     finally:
         sys.argv = old
-    (ckpt,) = root.rglob("*.ckpt")
+    (ckpt,) = root.rglob("last.ckpt")  # (next to the latest epoch's own file)
     return ckpt
 
 
@@ -135,6 +136,31 @@ def test_export_of_a_fitted_ckpt_is_loadable_and_evaluates_the_same(fitted_ckpt,
     assert abs(_printed(capsys, "test_nll") - config["metrics"]["test_nll"]) < 1e-5
 
 
+def test_evaluate_counts_and_names_nonfinite_rows(fitted_ckpt, monkeypatch, capsys):
+    from unflow_zoo.models import FlowModule
+
+    clean = run_command(["evaluate", "--ckpt", str(fitted_ckpt)])
+    assert clean["test_nonfinite"] == 0 and "test_nonfinite_rows" not in clean
+    assert "non-finite" not in capsys.readouterr().out
+    honest = FlowModule.log_prob
+
+    def holey(self, x, context=None):
+        lp = honest(self, x, context).clone()
+        lp[[3, 7, 8, 20, 33, 41]] = math.nan  # six NaN rows ...
+        lp[50] = -math.inf  # ... and one outside the support
+        return lp
+
+    monkeypatch.setattr(FlowModule, "log_prob", holey)
+    metrics = run_command(["evaluate", "--ckpt", str(fitted_ckpt)])
+    out = capsys.readouterr().out
+    assert metrics["test_nonfinite"] == 7 and metrics["test_nonfinite_rows"] == [3, 7, 8, 20, 33]
+    # not the mean over the other rows: inf
+    assert metrics["test_nll"] == math.inf and metrics["test_bpd"] == math.inf
+    assert re.search(r"^test_nll\s+inf nats \(7 non-finite rows\)$", out, re.MULTILINE), out
+    assert re.search(r"^test_bpd\s+inf bits/dim \(7 non-finite rows\)$", out, re.MULTILINE), out
+    assert "7 rows with a non-finite log-density (rows 3, 7, 8, 20, 33, ...)" in out, out
+
+
 def test_export_and_evaluate_refuse_a_pickle_payload(tmp_path):
     marker = tmp_path / "ran"
 
@@ -148,7 +174,7 @@ def test_export_and_evaluate_refuse_a_pickle_payload(tmp_path):
 
     for argv in (["export", str(ckpt), str(tmp_path / "out")], ["evaluate", "--ckpt", str(ckpt)]):
         with pytest.raises(FormatError, match="refusing"):
-            main(argv)
+            run_command(argv)
     assert not marker.exists()
 
 

@@ -10,13 +10,19 @@ Public API::
     FlowModule, Flow, Transform
 """
 
+from importlib import metadata as _metadata
+
 from unflow_zoo.core.flow import Flow
 from unflow_zoo.core.transform import Transform
 from unflow_zoo.data import DensityDataModule
 from unflow_zoo.models import FlowModule, create_model, list_models
 from unflow_zoo.pretrained import list_pretrained, load_pretrained, pretrained_info
 
-__version__ = "0.1.0"
+try:
+    # one source of truth: the version in pyproject.toml, as installed
+    __version__ = _metadata.version("unflow-zoo")
+except _metadata.PackageNotFoundError:  # pragma: no cover - a bare source tree on sys.path
+    __version__ = "0+unknown"
 
 __all__ = [
     "DensityDataModule",

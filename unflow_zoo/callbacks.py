@@ -1,4 +1,11 @@
-r"""Lightning callbacks for studying how a flow trains.
+r"""Lightning callbacks: checkpoints a run can resume from, and studying how a flow trains.
+
+:class:`RunCheckpoint` saves ``last.ckpt`` at the end of every epoch (or every N
+epochs or steps) and at the end of fit, whatever the validation interval, so that a
+killed run loses at most one interval. :class:`LastFiniteCheckpoint` saves
+``last-finite.ckpt`` when training stops with a
+:class:`~unflow_zoo.errors.DivergenceError`: the weights of the last finite step. The
+CLI adds both by default.
 
 :class:`WeightMovementCallback` measures how far each parameter group travels
 from its initialisation, :math:`\|\theta_t - \theta_0\|_F`: the quantity behind
@@ -20,13 +27,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 
-__all__ = ["WeightMovementCallback", "parameter_groups_of"]
+from unflow_zoo.errors import DivergenceError
+
+__all__ = ["LastFiniteCheckpoint", "RunCheckpoint", "WeightMovementCallback", "parameter_groups_of"]
 
 ParameterGroups = dict[str, list[Tensor]]
 
@@ -144,9 +157,7 @@ class WeightMovementCallback(L.Callback):
             return found
         missing = [g for g in self.groups if g not in found]
         if missing:
-            raise ValueError(
-                f"{type(pl_module).__name__} has no parameter group(s) {missing}; it has {sorted(found)}"
-            )
+            raise ValueError(f"{type(pl_module).__name__} has no parameter group(s) {missing}; it has {sorted(found)}")
         return {g: found[g] for g in self.groups}
 
     @torch.no_grad()
@@ -224,3 +235,102 @@ class WeightMovementCallback(L.Callback):
         self.initial = state_dict.get("initial")
         self.history = list(state_dict.get("history", []))
         self._restored = self.initial is not None
+
+
+# ----- checkpoints a run can resume from ---------------------------------------------------------------
+class RunCheckpoint(ModelCheckpoint):
+    """:class:`~lightning.pytorch.callbacks.ModelCheckpoint` with the defaults of a run that must
+    survive a kill: ``last.ckpt`` is written at the end of every training epoch, whether or not
+    the epoch validated (``save_on_train_epoch_end=True``), and once more at the end of fit if the
+    final step was not saved yet (``max_steps`` ending mid-epoch, ``every_n_epochs`` not
+    dividing ``max_epochs``).
+
+    Every argument is ModelCheckpoint's: save every N epochs with ``every_n_epochs=N`` or every
+    N optimizer steps with ``every_n_train_steps=N`` (give one of them). With ``monitor=None``
+    (the default) the top-k file is the latest epoch, as with Lightning's default checkpoint;
+    to keep the best validation NLL instead, pass ``monitor="val_nll"`` with
+    ``save_on_train_epoch_end=False`` (the score exists only after a validation). The files go
+    to ``<log dir>/checkpoints`` unless ``dirpath`` says otherwise. Resuming from ``last.ckpt``
+    (``--ckpt_path``) continues exactly where the run stopped (same weights, optimizer, scheduler
+    and shuffle order as an uninterrupted run).
+    """
+
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        filename: str | None = None,
+        monitor: str | None = None,
+        save_last: bool | Literal["link"] | None = True,
+        save_top_k: int = 1,
+        every_n_epochs: int | None = None,
+        every_n_train_steps: int | None = None,
+        save_on_train_epoch_end: bool | None = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename=filename,
+            monitor=monitor,
+            save_last=save_last,
+            save_top_k=save_top_k,
+            every_n_epochs=every_n_epochs,
+            every_n_train_steps=every_n_train_steps,
+            save_on_train_epoch_end=save_on_train_epoch_end,
+            **kwargs,
+        )
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # (save_last="link" would link to an older top-k file: that case is left to ModelCheckpoint)
+        if self.save_last is True and not trainer.fast_dev_run and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            return
+        super().on_train_end(trainer, pl_module)
+
+
+class LastFiniteCheckpoint(L.Callback):
+    """Keep the last finite weights when training diverges.
+
+    :class:`~unflow_zoo.models.FlowModule` raises :class:`~unflow_zoo.errors.DivergenceError`
+    at a non-finite loss or gradient before the optimizer step, so the weights the trainer holds
+    when the error reaches :meth:`on_exception` are still those of the last finite step. This
+    callback saves them (a full Lightning checkpoint: weights, optimizer, loops) as ``filename``
+    in ``dirpath`` (default: the trainer's checkpoint folder, else
+    ``<default_root_dir>/checkpoints``), and adds the path to the error's message and as its
+    ``checkpoint_path`` attribute. Lightning re-raises the error after the hook, so the run still
+    fails. Other exceptions are left alone.
+
+    Under several processes every rank raises at the same step (the FlowModule all-reduces
+    its check), so every rank reaches the checkpoint's barrier; rank 0 writes the file.
+
+    Args:
+        dirpath: the folder (default: see above).
+        filename: the file's name.
+
+    Attributes:
+        last_path: where the checkpoint was written (``None`` before a divergence).
+    """
+
+    def __init__(self, dirpath: str | None = None, filename: str = "last-finite.ckpt") -> None:
+        super().__init__()
+        self.dirpath = dirpath
+        self.filename = filename
+        self.last_path: Path | None = None
+
+    def _folder(self, trainer: L.Trainer) -> Path:
+        if self.dirpath is not None:
+            return Path(self.dirpath)
+        ckpt = trainer.checkpoint_callback
+        folder = getattr(ckpt, "dirpath", None)
+        # no trainer.log_dir here: it broadcasts, and this runs inside an error
+        return Path(folder) if folder else Path(trainer.default_root_dir) / "checkpoints"
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, DivergenceError) or trainer.state.fn != TrainerFn.FITTING or trainer.fast_dev_run:
+            return  # (fast_dev_run writes no checkpoints, as in Lightning)
+        path = self._folder(trainer) / self.filename
+        trainer.save_checkpoint(path)
+        self.last_path = path
+        exception.checkpoint_path = str(path)  # type: ignore[attr-defined]
+        message = f"{exception.args[0] if exception.args else exception}. The last finite weights are saved in {path}"
+        exception.args = (message, *exception.args[1:])
+        rank_zero_info(f"training diverged; the last finite weights are saved in {path}")

@@ -72,7 +72,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     from unflow_zoo.pretrained import load_pretrained, rebuild_datamodule
     from unflow_zoo.pretrained.convert import model_from_checkpoint
     from unflow_zoo.pretrained.preprocessing import attach_standardization
-    from unflow_zoo.pretrained.serialization import data_record
+    from unflow_zoo.pretrained.serialization import CALLER_CHOSEN, data_record, datamodule_args
 
     overrides = getattr(args, "data_overrides", {})
     if args.pretrained is not None:
@@ -86,11 +86,14 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     model, ckpt = model_from_checkpoint(args.ckpt, getattr(args, "family", None))
     from unflow_zoo.data import DensityDataModule
 
-    dm_hparams = {k: v for k, v in dict(ckpt.get("datamodule_hyper_parameters") or {}).items() if k[:1] != "_"}
+    recorded = {k: v for k, v in dict(ckpt.get("datamodule_hyper_parameters") or {}).items() if k[:1] != "_"}
+    dm_hparams = datamodule_args(recorded, str(args.ckpt))
     dm = DensityDataModule(**{**dm_hparams, **overrides}) if dm_hparams or overrides else None
     if dm_hparams:
-        # The standardisation the model was trained with is that of the ckpt's own data module.
-        _, pre = data_record(DensityDataModule(**dm_hparams))
+        # The standardisation the model was trained with is that of the ckpt's own data module
+        # (read from where the caller says the data are).
+        where = {k: v for k, v in overrides.items() if k in CALLER_CHOSEN}
+        _, pre = data_record(DensityDataModule(**{**dm_hparams, **where}))
         if pre["kind"] == "standardize":
             attach_standardization(model, pre["mean"], pre["std"])
     return model, dm
@@ -104,12 +107,25 @@ def _raw(model: Any, dm: Any, x: Tensor) -> Tensor:
 
 
 def _fmt(metrics: dict[str, Any]) -> str:
+    """One line per metric, ``inf``/``nan`` included; ``{split}_nonfinite`` (shown when above zero)
+    names the first rows whose log-density is not finite."""
     lines = []
     for key, value in metrics.items():
-        if isinstance(value, float) and math.isfinite(value):
-            unit = " nats" if key.endswith(("_nll", "_kl")) else " bits/dim" if key.endswith("_bpd") else ""
+        if isinstance(value, dict) or key.endswith("_nonfinite_rows"):
+            continue
+        unit = " nats" if key.endswith(("_nll", "_kl")) else " bits/dim" if key.endswith("_bpd") else ""
+        split = key.removeprefix("recorded_").split("_", 1)[0]
+        bad = metrics.get(f"{split}_nonfinite", 0) if not key.startswith("recorded_") else 0
+        if key.endswith("_nonfinite"):
+            if value:
+                rows = ", ".join(map(str, metrics.get(f"{split}_nonfinite_rows", [])))
+                more = ", ..." if value > len(metrics.get(f"{split}_nonfinite_rows", [])) else ""
+                lines.append(f"{key:16s} {value} rows with a non-finite log-density (rows {rows}{more})")
+        elif isinstance(value, float) and math.isfinite(value):
             lines.append(f"{key:16s} {value:.6f}{unit}")
-        elif not isinstance(value, dict):
+        elif isinstance(value, float):
+            lines.append(f"{key:16s} {value}{unit}" + (f" ({bad} non-finite rows)" if bad else ""))
+        else:
             lines.append(f"{key:16s} {value}")
     return "\n".join(lines)
 

@@ -36,6 +36,8 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryROC
 
+from unflow_zoo.plots import new_figure
+
 __all__ = ["OUTLIER_KINDS", "SCORE_KINDS", "make_outliers", "ood_metrics", "ood_report", "score"]
 
 SCORE_KINDS = ("likelihood", "typicality")
@@ -209,12 +211,7 @@ def ood_report(
 
 
 def _plot_scores(scores: dict[str, tuple[Tensor, Tensor]], report: dict[str, dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: figures go to files, never to a window
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(scores), figsize=(5 * len(scores), 3.5), squeeze=False)
+    fig, axes = new_figure((5 * len(scores), 3.5), ncols=len(scores))
     for ax, (kind, (s_in, s_out)) in zip(axes[0], scores.items()):
         both = _finite_scores(torch.cat([s_in, s_out]))
         s_in, s_out = both[: s_in.numel()], both[s_in.numel() :]
@@ -229,7 +226,6 @@ def _plot_scores(scores: dict[str, tuple[Tensor, Tensor]], report: dict[str, dic
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
 
 
 def make_outliers(kind: str, reference: Tensor, seed: int = 0) -> Tensor:

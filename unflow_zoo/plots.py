@@ -10,14 +10,24 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import matplotlib
-
-matplotlib.use("Agg")  # headless: figures go to files, never to a window
-import matplotlib.pyplot as plt
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from torch import Tensor
 
-__all__ = ["DensityPlotCallback", "plot_density"]
+__all__ = ["DensityPlotCallback", "new_figure", "plot_density"]
+
+
+def new_figure(figsize: tuple[float, float], ncols: int = 1, nrows: int = 1) -> tuple[Figure, Any]:
+    """``(figure, axes)``: a figure on its own Agg canvas and a ``(nrows, ncols)`` array of axes.
+
+    matplotlib's object API, not pyplot: no global backend is set (importing the package must
+    not change a notebook's backend), nothing is registered with pyplot's figure manager (so
+    nothing needs closing), and ``savefig`` works headless.
+    """
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
 def _grid_axes(data: Tensor, points: int, pad: float = 0.15) -> list[Tensor]:
@@ -34,7 +44,7 @@ def plot_density(
     points: int = 200,
     true_log_prob: Any = None,
     title: str | None = None,
-) -> plt.Figure:
+) -> Figure:
     """Figure for a flow over 1-D or 2-D data (higher D: the first two coordinates).
 
     1-D: histogram of the data with the model density (and the true one if
@@ -49,7 +59,8 @@ def plot_density(
     device = ref.device if ref is not None else torch.device("cpu")
     dtype = ref.dtype if ref is not None else torch.float32
     if d == 1:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        fig, grid_axes = new_figure((10, 4), ncols=2)
+        axes = grid_axes[0]
         (x,) = _grid_axes(data, 4 * points)
         dens = model.log_prob(x[:, None].to(device, dtype)).float().exp().cpu()
         axes[0].hist(data[:, 0].numpy(), bins=100, density=True, alpha=0.4, label="data")
@@ -63,7 +74,8 @@ def plot_density(
         axes[1].hist(samples[:, 0].numpy(), bins=100, density=True, color="C1", alpha=0.6)
         axes[1].set_title("samples")
     else:
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+        fig, grid_axes = new_figure((15, 4.6), ncols=3)
+        axes = grid_axes[0]
         lims = _grid_axes(data[:, :2], points)
         axes[0].scatter(data[:, 0], data[:, 1], s=1, alpha=0.3)
         axes[0].set_title("data")
@@ -148,4 +160,3 @@ class DensityPlotCallback(L.Callback):
         experiment = getattr(trainer.logger, "experiment", None)
         if hasattr(experiment, "add_figure"):
             experiment.add_figure("density", fig, global_step=trainer.global_step)
-        plt.close(fig)

@@ -93,9 +93,8 @@ def _integrate(
     flow: Flow, d: int, bounds: list[tuple[float, float]] | None, points: int | None, tol: float,
     n_bound_samples: int, seed: int,
 ) -> float:
-    param = next(iter(flow.parameters()), None)
-    buf = next(iter(flow.buffers()), None)
-    ref = param if param is not None else buf
+    # the first floating tensor: a Permutation's index buffer (int64) says nothing of the dtype
+    ref = next((t for t in (*flow.parameters(), *flow.buffers()) if t.is_floating_point()), None)
     dtype = ref.dtype if ref is not None else torch.get_default_dtype()
     device = ref.device if ref is not None else torch.device("cpu")
     with torch.no_grad():

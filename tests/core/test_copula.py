@@ -198,3 +198,22 @@ def test_family_with_copula_base_trains_and_stays_finite(trainer_factory):
     lp = model.log_prob(dm.test_data)
     assert torch.isfinite(lp).all()
     assert not torch.equal(model.flow.base.df.detach(), df0)  # the degrees of freedom were learned
+
+
+def test_fixed_correlation_and_df_are_exact_in_float64():
+    """A fixed correlation (and fixed df) are not rounded through float32 on the way to a float64 model."""
+    corr = torch.tensor([[1.0, 0.7, -0.2], [0.7, 1.0, 0.1], [-0.2, 0.1, 1.0]], dtype=torch.float64)
+    base = CopulaBase(3, marginals="normal", copula="gaussian", correlation=corr).double()
+    z = torch.tensor([[10.0, -10.0, 3.0], [-10.0, -10.0, 10.0], [0.5, 0.2, -0.1]], dtype=torch.float64)
+    ref = torch.distributions.MultivariateNormal(torch.zeros(3, dtype=torch.float64), covariance_matrix=corr)
+    # a float32 Cholesky factor cast up would be off by ~3e-5 at |z| = 10
+    torch.testing.assert_close(base.log_prob(z), ref.log_prob(z), rtol=0, atol=1e-12)
+    torch.testing.assert_close(base.correlation, corr, rtol=0, atol=1e-15)
+    # the float32 model keeps a float32 factor; a round trip through float32 and back is exact again
+    f32 = CopulaBase(3, marginals="normal", copula="gaussian", correlation=corr)
+    assert f32.cholesky.dtype == torch.float32
+    torch.testing.assert_close(f32.double().log_prob(z), ref.log_prob(z), rtol=0, atol=1e-12)
+    fixed_df = CopulaBase(3, marginals="t", copula="independence", df=3.3, min_df=0.5, learn_df=False).double()
+    torch.testing.assert_close(fixed_df.df, torch.full((3,), 3.3, dtype=torch.float64), rtol=0, atol=1e-14)
+    # the state dict (what a checkpoint holds) is the same as before: one float buffer each
+    assert set(base.state_dict()) == {"_fixed_chol"}

@@ -18,6 +18,7 @@ from unflow_zoo.core.transform import Transform
 from unflow_zoo.data import DensityDataModule, dataset_names, get_source
 from unflow_zoo.data.files import read_points
 from unflow_zoo.data.module import split_sizes
+from unflow_zoo.errors import ConfigError, DataError, DataTypeError
 from unflow_zoo.models.base import FlowModule
 
 
@@ -322,6 +323,31 @@ def test_conflicting_or_unknown_scaling_is_refused(kwargs: dict, message: str) -
 def test_scaling_is_ignored_with_a_warning_for_images() -> None:
     with pytest.warns(UserWarning, match="ignores scaling='ball'"):
         DensityDataModule(dataset="digits", scaling="ball")
+
+
+def test_data_are_served_in_float32_or_in_the_dtype_asked_for() -> None:
+    dm32, dm64 = (
+        DensityDataModule(dataset="moons", n_samples=100),
+        DensityDataModule(dataset="moons", n_samples=100, dtype="float64"),
+    )
+    dm32.setup(), dm64.setup()
+    assert dm32.dtype == dm32.train_data.dtype == dm32.val_data.dtype == torch.float32
+    assert dm64.dtype == dm64.train_data.dtype == dm64.test_data.dtype == torch.float64
+    torch.testing.assert_close(dm64.train_data.float(), dm32.train_data)  # the same points
+    assert next(iter(dm64.train_dataloader()))[0].dtype == torch.float64
+    with pytest.warns(UserWarning, match="ignores dtype='float64'"):
+        assert DensityDataModule(dataset="digits", dtype="float64").dtype == torch.float32
+
+
+def test_bad_data_and_bad_arguments_raise_the_package_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="batch_size"):
+        DensityDataModule(batch_size=0)
+    with pytest.raises(DataError, match="leave 0 for training"):
+        split_sizes(2, 0.5, 0.5)
+    with pytest.raises(DataError, match="expected a batch of shape"):
+        DensityDataModule(dataset="gmm1d").true_log_prob(torch.zeros(3, 2))
+    with pytest.raises(DataTypeError, match="expected a torch.Tensor batch"):
+        DensityDataModule(dataset="gmm1d").true_log_prob(np.zeros((3, 1)))
 
 
 def test_true_log_prob_keeps_dtype_and_shape() -> None:

@@ -26,9 +26,11 @@ def test_unknown_model_lists_valid_names():
 
 
 def test_bad_optimizer_and_scheduler_names():
-    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+    from unflow_zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown optimizer 'rmsprop'"):
         create_model("maf", optimizer="rmsprop")
-    with pytest.raises(ValueError, match="unknown scheduler 'linear'"):
+    with pytest.raises(ConfigError, match="unknown scheduler 'linear'"):
         create_model("maf", scheduler="linear")
 
 
@@ -43,8 +45,16 @@ def test_batch_shape_mismatch_is_clear(trainer_factory):
 )
 def test_optimizers_and_schedulers_train(trainer_factory, optimizer, scheduler):
     x = torch.randn(256, 2) * torch.tensor([2.0, 0.5]) + 1.0
-    m = create_model("maf", event_shape=(2,), n_layers=2, hidden=[16], optimizer=optimizer,
-                     scheduler=scheduler, lr=1e-2, momentum=0.9 if optimizer == "sgd" else 0.0)
+    m = create_model(
+        "maf",
+        event_shape=(2,),
+        n_layers=2,
+        hidden=[16],
+        optimizer=optimizer,
+        scheduler=scheduler,
+        lr=1e-2,
+        momentum=0.9 if optimizer == "sgd" else 0.0,
+    )
     before = -m.log_prob(x).mean().item()
     trainer_factory(max_epochs=4).fit(m, _loader(x), _loader(x))
     after = -m.log_prob(x).mean().item()
@@ -159,3 +169,159 @@ def test_gaussian_baseline_refits_after_in_place_edits(trainer_factory):
     train.mul_(3.0)  # the same tensor, rescaled: every NLL of its ML Gaussian grows by 2 log 3
     after = trainer_factory().test(m, datamodule=dm, verbose=False)[0]["test_gaussian_nll"]
     assert abs(after - before - 2 * math.log(3.0)) < 1e-5
+
+
+# ----- hostile and careless input: honest metrics, divergence, optimiser settings -----------------
+from unflow_zoo.errors import ConfigError, DivergenceError
+from unflow_zoo.models.maf import MaskedAutoregressiveFlow
+
+
+class _Holes(MaskedAutoregressiveFlow):
+    """A MAF whose log-density is NaN where x_0 > 50 and -inf (no density) where x_0 < -50."""
+
+    def log_prob(self, x, context=None):
+        lp = super().log_prob(x, context)
+        lp = torch.where(x[:, 0] > 50, torch.full_like(lp, math.nan), lp)
+        return torch.where(x[:, 0] < -50, torch.full_like(lp, -math.inf), lp)
+
+
+class _WithTruth(L.LightningDataModule):
+    """Serves ``data`` for val and test, with the standard normal as the true density."""
+
+    def __init__(self, data):
+        super().__init__()
+        self.data = data
+
+    def val_dataloader(self):
+        return DataLoader(TensorDataset(self.data), batch_size=32)
+
+    test_dataloader = val_dataloader
+
+    def true_log_prob(self, x):
+        return torch.distributions.Normal(0.0, 1.0).log_prob(x.double()).sum(1)
+
+
+def _holey_data(n=100, nan_rows=(3, 40, 41, 97), neg_inf_rows=(5, 60)):
+    x = torch.randn(n, 2)
+    x[list(nan_rows), 0] = 100.0
+    x[list(neg_inf_rows), 0] = -100.0
+    return x
+
+
+def test_nonfinite_log_densities_are_counted_and_make_the_nll_inf(trainer_factory):
+    m = _Holes(event_shape=(2,), n_layers=1, hidden=[8])
+    dm = _WithTruth(_holey_data())
+    for stage, run in (("test", trainer_factory().test), ("val", trainer_factory().validate)):
+        result = run(m, datamodule=dm, verbose=False)[0]
+        assert result[f"{stage}_nonfinite"] == 6  # 4 NaN rows and 2 rows outside the support
+        # not a mean over the 94 finite rows: the NLL, bits/dim and KL are all +inf
+        for key in ("nll", "bpd", "kl"):
+            assert result[f"{stage}_{key}"] == math.inf, (key, result)
+    # finite data: nothing counted, the NLL is the plain mean
+    clean = torch.randn(100, 2)
+    result = trainer_factory().test(m, datamodule=_WithTruth(clean), verbose=False)[0]
+    assert result["test_nonfinite"] == 0
+    with torch.no_grad():
+        expected = float(-m.log_prob(clean).double().mean())
+    assert abs(result["test_nll"] - expected) < 1e-5
+
+
+def test_metrics_follow_a_float64_model(trainer_factory):
+    m = create_model("maf", event_shape=(2,), n_layers=2, hidden=[8])
+    x = torch.randn(300, 2, dtype=torch.float64) * 3
+    result = trainer_factory(precision="64-true").test(m, DataLoader(TensorDataset(x), batch_size=64), verbose=False)
+    assert next(m.parameters()).dtype == torch.float64
+    with torch.no_grad():
+        expected = float(-m.log_prob(x).mean())
+    # float32 metric states would be off by ~1e-7
+    assert abs(result[0]["test_nll"] - expected) < 1e-12, (result[0]["test_nll"], expected)
+
+
+class _Snapshots(L.Callback):
+    """The parameters after every optimizer step (and before the first)."""
+
+    def __init__(self):
+        self.after = {}
+
+    def on_train_start(self, trainer, pl_module):
+        self.after[0] = [p.detach().clone() for p in pl_module.parameters()]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.after[trainer.global_step] = [p.detach().clone() for p in pl_module.parameters()]
+
+
+class _BlowsUp(MaskedAutoregressiveFlow):
+    """Trains normally, then (from optimizer step ``at``) gives a NaN loss, or a finite loss with a NaN
+    gradient (``what="grad"``: d sqrt(u)/du at u = 0 is inf, times 0)."""
+
+    at, what = 3, "loss"
+
+    def log_prob(self, x, context=None):
+        lp = super().log_prob(x, context)
+        if self.training and self._trainer is not None and self.trainer.global_step >= self.at:
+            if self.what == "loss":
+                return lp * math.nan
+            p = next(self.parameters())
+            return lp + 0.0 * torch.sqrt(p - p.detach()).sum()
+        return lp
+
+
+@pytest.mark.parametrize("what", ["loss", "grad"])
+def test_divergence_stops_before_the_bad_step_changes_the_weights(trainer_factory, what):
+    m = _BlowsUp(event_shape=(2,), n_layers=1, hidden=[8], lr=1e-2)
+    m.what = what
+    snaps = _Snapshots()
+    trainer = trainer_factory(max_epochs=3, callbacks=[snaps], gradient_clip_val=1.0 if what == "grad" else None)
+    with pytest.raises(DivergenceError) as info:
+        trainer.fit(m, _loader(torch.randn(64, 2), 32))  # 2 steps an epoch: step 3 is in epoch 1
+    message = str(info.value)
+    assert "global step 3 (epoch 1, batch 1)" in message, message
+    assert "the last finite loss was" in message.lower() and "(global step 2)" in message, message
+    assert "lr=0.01" in message and "gradient_clip_val" in message, message
+    assert ("training loss is nan" in message) if what == "loss" else ("gradient of" in message), message
+    assert trainer.global_step == 3
+    # the weights are those after step 3, all finite: the bad step (and the clipping) never ran
+    for now, before in zip(m.parameters(), snaps.after[3]):
+        assert torch.isfinite(now).all() and torch.equal(now.detach(), before)
+
+
+def test_divergence_at_the_first_step_blames_the_data_not_the_learning_rate(trainer_factory):
+    m = _BlowsUp(event_shape=(2,), n_layers=1, hidden=[8])
+    m.at = 0
+    before = [p.detach().clone() for p in m.parameters()]
+    with pytest.raises(DivergenceError, match="global step 0 .*No finite step came before it.*Check the data"):
+        trainer_factory(max_epochs=1).fit(m, _loader(torch.randn(64, 2), 32))
+    assert all(torch.equal(a.detach(), b) for a, b in zip(m.parameters(), before))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"lr": 0.0}, r"lr > 0 .*got lr=0\.0"),
+        ({"lr": -1e-3}, r"lr > 0 .*got lr=-0\.001"),
+        ({"lr": math.nan}, r"lr > 0 \(a finite number\), got lr=nan"),
+        ({"lr": math.inf}, r"lr > 0 \(a finite number\), got lr=inf"),
+        ({"weight_decay": -1e-4}, r"weight_decay >= 0 .*got weight_decay=-0\.0001"),
+        ({"weight_decay": math.nan}, r"weight_decay >= 0 .*got weight_decay=nan"),
+        ({"optimizer": "sgd", "momentum": 1.0}, r"momentum in \[0, 1\) .*got momentum=1\.0"),
+        ({"momentum": -0.5}, r"momentum in \[0, 1\) .*got momentum=-0\.5"),
+        ({"scheduler": "step", "scheduler_gamma": -1.0}, r"scheduler_gamma in \(0, 1\] .*got scheduler_gamma=-1\.0"),
+        ({"scheduler_gamma": 0.0}, r"scheduler_gamma in \(0, 1\]"),
+        ({"scheduler_gamma": 2.0}, r"scheduler_gamma in \(0, 1\] .*got scheduler_gamma=2\.0"),
+        ({"scheduler": "plateau", "scheduler_gamma": 1.0}, r"scheduler_gamma in \(0, 1\) .*got scheduler_gamma=1\.0"),
+        ({"scheduler_step_size": 0}, r"scheduler_step_size >= 1 .*got scheduler_step_size=0"),
+        ({"scheduler_step_size": 2.5}, r"scheduler_step_size >= 1 \(an int\)"),
+        ({"scheduler_patience": -1}, r"scheduler_patience >= 0 .*got scheduler_patience=-1"),
+        ({"event_shape": (2, 0)}, r"event_shape .*ints >= 1.*got event_shape=\(2, 0\)"),
+        ({"event_shape": (-2,)}, r"event_shape .*ints >= 1"),
+    ],
+)
+def test_nonsense_optimiser_settings_are_config_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        create_model("maf", **kwargs)
+
+
+def test_valid_edge_settings_are_accepted():
+    for kwargs in ({"scheduler": "step", "scheduler_gamma": 1.0}, {"momentum": 0.0, "weight_decay": 0.0},
+                   {"scheduler_patience": 0, "scheduler_step_size": 1}, {"lr": 1}):  # fmt: skip
+        assert isinstance(create_model("maf", **kwargs), FlowModule)

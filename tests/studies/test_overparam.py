@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from unflow_zoo.commands import run_command
+from unflow_zoo.errors import ConfigError
 from unflow_zoo.studies import overparam
 from unflow_zoo.studies.overparam import COLUMNS, PAPER, StudyConfig, jobs_of, load_split, quick_config, run_study
 from unflow_zoo.studies.report import width_effects, write_report
@@ -117,8 +118,12 @@ def test_command_line_quick_smoke(tmp_path: Path, capsys) -> None:
 def test_command_line_errors(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         run_command(["study", "overparam", "--out", str(tmp_path / "none"), "--report-only"])
-    with pytest.raises(ValueError, match="unknown family"):
+    with pytest.raises(ConfigError, match="families must be a non-empty list from constrained, unconstrained"):
         jobs_of(quick_config(families=("cnf",)))
+    for bad in ({"datasets": ("nosuch",)}, {"widths": {"constrained": (0,)}}, {"epochs": {"unconstrained": 0}},
+                {"seeds": ()}, {"test_fraction": 1.0}, {"jobs": 0}, {"order": "random"}):  # fmt: skip
+        with pytest.raises(ConfigError, match="study overparam"):
+            quick_config(**bad)
 
 
 def test_submitit_local_executor(tmp_path: Path) -> None:

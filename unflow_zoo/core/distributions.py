@@ -376,20 +376,26 @@ class CopulaBase(BaseDistribution):
             raise ValueError(f"copula must be 'independence' or 'gaussian', got {copula!r}")
         self.marginals, self.copula = marginals, copula
         d = self.numel
+        # Fixed (not learned) buffers in float64, exactly as constructed: a buffer holds them in the
+        # module's dtype, and a cast up to float64 (.double(), precision="64-true") takes these exact
+        # values instead of the float32 ones cast up (a fixed correlation would be off by ~1e-8).
+        self._exact: dict[str, Tensor] = {}
         self.min_df = float(min_df)
         if marginals == "t":
-            init = torch.as_tensor(df, dtype=torch.float32).expand(d).clone()
+            init = torch.as_tensor(df, dtype=torch.float64).expand(d).clone()
             if not (torch.isfinite(init).all() and (init > min_df).all() and min_df > 0):
                 raise ValueError(
                     f"need degrees of freedom df > min_df > 0; got df={df!r}, min_df={min_df!r}. "
                     "Raise df or lower min_df"
                 )
             raw = init - min_df
-            raw = torch.tensor([_softplus_inverse(float(r)) for r in raw])
+            raw64 = torch.tensor([_softplus_inverse(float(r)) for r in raw], dtype=torch.float64)
+            raw = raw64.to(torch.get_default_dtype())
             if learn_df:
                 self.df_raw = nn.Parameter(raw)
             else:
                 self.register_buffer("df_raw", raw)
+                self._exact["df_raw"] = raw64
         self._fixed_chol: Tensor | None
         if copula == "gaussian":
             if correlation is None:
@@ -409,9 +415,19 @@ class CopulaBase(BaseDistribution):
                 chol, info = torch.linalg.cholesky_ex(corr)
                 if int(info) != 0:
                     raise ValueError("correlation must be positive definite (its Cholesky factorisation failed)")
-                self.register_buffer("_fixed_chol", chol.float())
+                self.register_buffer("_fixed_chol", chol.to(torch.get_default_dtype()))
+                self._exact["_fixed_chol"] = chol
         elif correlation is not None:
             raise ValueError("a fixed correlation needs copula='gaussian'")
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> CopulaBase:
+        before = {name: self._buffers[name].dtype for name in self._exact if self._buffers.get(name) is not None}
+        out = super()._apply(fn, recurse)
+        for name, dtype in before.items():
+            buf = self._buffers[name]
+            if buf is not None and buf.dtype == torch.float64 and dtype != torch.float64:
+                self._buffers[name] = self._exact[name].to(device=buf.device)
+        return out
 
     # ----- parameters ---------------------------------------------------------------------
     @property

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from unflow_zoo.errors import InputOutsideDomain
+
 __all__ = [
     "Compose",
     "InputOutsideDomain",
@@ -24,14 +26,6 @@ __all__ = [
     "Permutation",
     "Transform",
 ]
-
-
-class InputOutsideDomain(ValueError):
-    """Raised when a transform is asked to map a point outside its domain.
-
-    Example: a logit transform given a value outside (0, 1), or a monotone
-    map with a bounded image asked to invert a value outside that image.
-    """
 
 
 class Transform(nn.Module):

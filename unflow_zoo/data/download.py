@@ -28,13 +28,11 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from unflow_zoo.errors import ChecksumError
+
 __all__ = ["ChecksumError", "download", "extract_tar", "file_digest", "sha256_file"]
 
 _CHUNK = 1 << 20  # 1 MiB: large enough to keep hashing cheap, small enough to stream
-
-
-class ChecksumError(ValueError):
-    """A file's digest differs from the published one."""
 
 
 def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:

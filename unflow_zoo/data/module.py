@@ -1,7 +1,7 @@
 r"""DensityDataModule: one LightningDataModule for every density data set.
 
-The module serves float32 batches of shape ``(B, D)`` (or ``(B, C, H, W)`` for
-images) and tells the model three things: ``event_shape`` (known right after
+The module serves float32 batches (float64 with ``dtype="float64"``) of shape ``(B, D)``
+(or ``(B, C, H, W)`` for images) and tells the model three things: ``event_shape`` (known right after
 construction, so LightningCLI can link ``data.event_shape`` to
 ``model.event_shape``); where known, the true log-density of the points it
 serves (:meth:`DensityDataModule.true_log_prob`), from which FlowModule
@@ -29,14 +29,28 @@ from unflow_zoo.data.images import IMAGE_DATASETS, load_digits, load_mnist
 from unflow_zoo.data.preprocess import PixelPreprocess, dequantize
 from unflow_zoo.data.synthetic import SOURCES, Source, get_source
 from unflow_zoo.data.validation import validate_points
+from unflow_zoo.errors import ConfigError, DataError, DataTypeError
 
-__all__ = ["SCALINGS", "DensityDataModule", "Scaling", "dataset_names", "split_sizes"]
+__all__ = [
+    "DTYPES",
+    "SCALINGS",
+    "DensityDataModule",
+    "Scaling",
+    "ServedDtype",
+    "dataset_names",
+    "split_sizes",
+    "standardize_stats",
+]
 
 _FILE = "file"
 
 Scaling = Literal["none", "standardize", "ball"]
 #: The values of ``DensityDataModule(scaling=...)``.
 SCALINGS: tuple[str, ...] = ("none", "standardize", "ball")
+
+ServedDtype = Literal["float32", "float64"]
+#: The values of ``DensityDataModule(dtype=...)`` and the torch dtypes they serve.
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
 if (
     len({*SOURCES, *VENDORED, *IMAGE_DATASETS, _FILE}) != len(SOURCES) + len(VENDORED) + len(IMAGE_DATASETS) + 1
@@ -70,13 +84,13 @@ def split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int,
     fraction is positive, so asking for a validation set never silently yields none.
 
     Raises:
-        ValueError: nothing would be left to train on.
+        DataError: nothing would be left to train on.
     """
     n_val = max(round(n * val_fraction), 1) if val_fraction > 0 else 0
     n_test = max(round(n * test_fraction), 1) if test_fraction > 0 else 0
     n_train = n - n_val - n_test
     if n_train < 1:
-        raise ValueError(
+        raise DataError(
             f"{n} points split with val_fraction={val_fraction} and test_fraction={test_fraction} "
             f"leave {n_train} for training; use more points or smaller fractions"
         )
@@ -85,6 +99,38 @@ def split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int,
 
 def _torch_seed(seq: np.random.SeedSequence) -> int:
     return int(seq.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def _column_scale(x: np.ndarray) -> np.ndarray:
+    """The largest ``|x|`` of each column (1 for an all-zero column): dividing by it first keeps
+    sums of squares far from overflow, whatever the magnitude of the data."""
+    scale = np.abs(x).max(axis=0)
+    return np.where((scale > 0) & np.isfinite(scale), scale, 1.0)
+
+
+def standardize_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and population standard deviation of ``x`` ``(n, D)``, in float64, overflow-free.
+
+    Each column is divided by its largest ``|x|`` before the moments are taken and the
+    results multiplied back, so any finite float64 data (``1e300`` included, where the
+    plain variance overflows to inf and the standardised column collapses to ``-0.0``)
+    give finite statistics, and a constant column gives exactly 0, replaced by 1 (there
+    is no scale to divide by; a single training point is constant too).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    scale = _column_scale(x)
+    scaled = x / scale
+    mean, std = scaled.mean(axis=0) * scale, scaled.std(axis=0) * scale
+    return mean, np.where(std > 0, std, 1.0)
+
+
+def _largest_norm(x: np.ndarray) -> float:
+    """``max_i ||x_i||`` in float64, computed on ``x / max|x|`` so that it cannot overflow."""
+    x = np.asarray(x, dtype=np.float64)
+    peak = float(np.abs(x).max()) if x.size else 0.0
+    if peak == 0.0 or not math.isfinite(peak):
+        return peak
+    return peak * float(np.linalg.norm(x / peak, axis=1).max())
 
 
 class EpochSampler(RandomSampler):
@@ -143,10 +189,12 @@ class DensityDataModule(L.LightningDataModule):
     r"""Train/val/test splits of a synthetic source, a file of points, a UCI set or images.
 
     **Tabular data** (synthetic sources, shipped files, ``file``): ``setup()`` draws
-    (or reads) the data, checks it for NaN/inf, shuffles it with ``seed`` and splits it
-    by the fractions; the same arguments always give the same splits. With a ``scaling``
-    the served data are :math:`\tilde x = (x - m)/s`, with statistics of the training
-    split alone:
+    (or reads) the data, checks it for NaN/inf and for values that overflow the served
+    ``dtype`` (``1e39`` in float32; a :class:`~unflow_zoo.errors.DataError` names the line
+    and column), shuffles it with ``seed`` and splits it by the fractions; the same
+    arguments always give the same splits. With a ``scaling`` the served data are
+    :math:`\tilde x = (x - m)/s`, with statistics of the training split alone (in float64,
+    each column pre-scaled by its largest :math:`|x|`, so that they cannot overflow):
 
     - ``"standardize"`` (or ``standardize=True``): the training set's mean :math:`m` and
       standard deviation :math:`s` per coordinate;
@@ -219,6 +267,10 @@ class DensityDataModule(L.LightningDataModule):
         download: fetch missing files (MNIST from the Hugging Face Hub, UCI from the
             published archive) into ``data_dir``; without it a missing file is an error
             that says where it was looked for.
+        dtype: ``"float32"`` (default) or ``"float64"``: the dtype of the served tabular and
+            UCI data, which the data are validated in. ``"float64"`` is for data beyond
+            float32's range (about 3.4e38), trained with ``Trainer(precision="64-true")``;
+            images are always served in float32 (a warning says so).
 
     References:
         Shah, Deshpande & Goyal, "Learning and Generalization in Overparameterized
@@ -248,34 +300,37 @@ class DensityDataModule(L.LightningDataModule):
         dequantize: bool = True,
         logit_alpha: float | None = None,
         download: bool = False,
+        dtype: ServedDtype = "float32",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         names = dataset_names()
         if dataset not in names:
-            raise ValueError(f"unknown dataset {dataset!r}; choose one of: {', '.join(names)}")
+            raise ConfigError(f"unknown dataset {dataset!r}; choose one of: {', '.join(names)}")
         for arg, value in (("batch_size", batch_size), ("n_samples", n_samples)):
             if value < 1:
-                raise ValueError(f"{arg} must be a positive int, got {value}")
+                raise ConfigError(f"{arg} must be a positive int, got {value}")
         if eval_batch_size is not None and eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size must be a positive int or None, got {eval_batch_size}")
+            raise ConfigError(f"eval_batch_size must be a positive int or None, got {eval_batch_size}")
         if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+            raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
         for arg, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 <= value < 1.0:
-                raise ValueError(f"{arg} must be in [0, 1), got {value}")
+                raise ConfigError(f"{arg} must be in [0, 1), got {value}")
         if val_fraction + test_fraction >= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"val_fraction + test_fraction = {val_fraction + test_fraction} leaves nothing to train on; "
                 "keep their sum below 1"
             )
         if scaling is not None and scaling not in SCALINGS:
-            raise ValueError(f"unknown scaling {scaling!r}; choose one of: {', '.join(SCALINGS)}")
+            raise ConfigError(f"unknown scaling {scaling!r}; choose one of: {', '.join(SCALINGS)}")
         if standardize and scaling not in (None, "standardize"):
-            raise ValueError(
+            raise ConfigError(
                 f"standardize=True means scaling='standardize', which conflicts with scaling={scaling!r}; "
                 "give only scaling="
             )
+        if dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
         #: The scaling applied to tabular data: ``"none"``, ``"standardize"`` or ``"ball"``.
         self.scaling: str = scaling if scaling is not None else ("standardize" if standardize else "none")
 
@@ -295,13 +350,13 @@ class DensityDataModule(L.LightningDataModule):
         elif dataset in IMAGE_DATASETS:
             spec = IMAGE_DATASETS[dataset]
             if not dequantize and logit_alpha == 0.0:
-                raise ValueError(
+                raise ConfigError(
                     "logit_alpha=0 without dequantisation maps pixel 0 to -inf; "
                     "set dequantize=True or a positive logit_alpha"
                 )
             self.preprocess = PixelPreprocess(spec.levels, logit_alpha)
             dim = math.prod(spec.shape)
-            self._warn_ignored(dataset, standardize=False, scaling=None, n_samples=20000)
+            self._warn_ignored(dataset, standardize=False, scaling=None, n_samples=20000, dtype="float32")
             if dataset == "mnist":
                 self._warn_ignored(dataset, test_fraction=0.1)
                 if val_fraction not in (0.0, 0.1):
@@ -318,7 +373,7 @@ class DensityDataModule(L.LightningDataModule):
             )
         else:
             if path is None:
-                raise ValueError("dataset='file' needs path=: a text file with one point per line")
+                raise ConfigError("dataset='file' needs path=: a text file with one point per line")
             self.file = resolve_path(path, data_dir)
             dim = peek_dim(self.file)  # only the first line: event_shape must not cost a full read
         if self.preprocess is None:
@@ -370,11 +425,61 @@ class DensityDataModule(L.LightningDataModule):
     def is_uci(self) -> bool:
         return self.hparams.dataset in _uci_datasets()
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the served data (``torch.float32`` unless ``dtype="float64"``; images: float32)."""
+        return torch.float32 if self.is_image else DTYPES[self.hparams.dtype]
+
+    @property
+    def _np_dtype(self) -> np.dtype:
+        return np.dtype(np.float64 if self.dtype == torch.float64 else np.float32)
+
     def _load_raw(self, rng: np.random.Generator) -> np.ndarray:
+        """The raw points in float64, checked finite in the served dtype."""
+        np_dtype = self._np_dtype
         if self.source is not None:
-            return validate_points(self.source.sample(self.hparams.n_samples, rng), where=self.data_name)
-        assert self.file is not None
-        return read_points(self.file)  # validates, naming lines
+            raw = validate_points(self.source.sample(self.hparams.n_samples, rng), where=self.data_name, dtype=np_dtype)
+        else:
+            assert self.file is not None
+            raw = read_points(self.file, dtype=np_dtype)  # validates, naming lines and columns
+        return np.asarray(raw, dtype=np.float64)
+
+    def _check_served(self, splits: dict[str, Tensor]) -> None:
+        """Refuse served data that are not finite, and warn about values a flow cannot use.
+
+        Raw data that fit the dtype can still be served as inf, e.g. a validation point far
+        from a training split whose column barely varies. And served values beyond
+        ``sqrt(max)`` of the dtype (1.8e19 in float32) are finite, but the base
+        distribution's log-density squares them, so every loss would be inf.
+        """
+        limit = math.sqrt(torch.finfo(self.dtype).max)
+        for name, data in splits.items():
+            if not data.numel():
+                continue
+            finite = torch.isfinite(data)
+            if not finite.all():
+                row, col = (int(i) for i in (~finite).nonzero()[0])
+                raise DataError(
+                    f"{self.data_name}: after scaling={self.scaling!r}, {int((~finite).any(1).sum())} points of the "
+                    f"{name} split are not finite in {self.dtype} (first: row {row}, column index {col}); "
+                    "those values lie too far from the training statistics; rescale that column, or use "
+                    "dtype='float64'"
+                )
+            peak = data.abs().amax(0)
+            col = int(peak.argmax())
+            if float(peak[col]) > limit:
+                warnings.warn(
+                    f"{self.data_name}: the {name} split is served with values up to {float(peak[col]):.3g} "
+                    f"(column index {col}, scaling={self.scaling!r}); a flow's base log-density squares them, "
+                    f"which overflows {self.dtype} beyond {limit:.3g}, so the loss of those points will be inf; "
+                    + (
+                        "use scaling='standardize' or rescale the column"
+                        if self.scaling == "none"
+                        else "they lie far outside the training split: check them for typos, or remove them"
+                    ),
+                    UserWarning,
+                    stacklevel=3,
+                )
 
     def setup(self, stage: str | None = None) -> None:
         """Draw or read the data, validate, shuffle, split and (optionally) scale; runs once."""
@@ -391,7 +496,7 @@ class DensityDataModule(L.LightningDataModule):
         data_seq, split_seq = np.random.SeedSequence(hp.seed).spawn(2)
         raw = self._load_raw(np.random.default_rng(data_seq))
         if raw.shape[1:] != self.event_shape:
-            raise ValueError(
+            raise DataError(
                 f"{self.data_name}: points have shape {raw.shape[1:]}, but event_shape was {self.event_shape} "
                 "when the module was built; did the file change?"
             )
@@ -399,18 +504,20 @@ class DensityDataModule(L.LightningDataModule):
         raw = raw[np.random.default_rng(split_seq).permutation(raw.shape[0])]
         train, val, test = raw[:n_train], raw[n_train : n_train + n_val], raw[n_train + n_val :]
         if self.scaling == "standardize":
-            mean, std = train.mean(axis=0), train.std(axis=0)
-            # A constant coordinate (or a single training point) has no scale to divide by.
-            std = np.where(std > 0, std, 1.0)
+            # In float64, pre-scaled by each column's largest |x|: the variance cannot overflow.
+            mean, std = standardize_stats(train)
             self.mean, self.std = torch.from_numpy(mean), torch.from_numpy(std)
         elif self.scaling == "ball":
-            radius = float(np.linalg.norm(train.astype(np.float64), axis=1).max())
+            radius = _largest_norm(train)
             scale = 2.0 * radius if radius > 0 else 1.0  # all points at the origin: nothing to divide by
             self.mean = torch.zeros(train.shape[1], dtype=torch.float64)
             self.std = torch.full((train.shape[1],), scale, dtype=torch.float64)
-        self.train_data = self.raw_to_served(torch.from_numpy(train)).float()
-        self.val_data = self.raw_to_served(torch.from_numpy(val)).float()
-        self.test_data = self.raw_to_served(torch.from_numpy(test)).float()
+        served = {
+            name: self.raw_to_served(torch.from_numpy(part)).to(self.dtype)
+            for name, part in (("training", train), ("validation", val), ("test", test))
+        }
+        self._check_served(served)
+        self.train_data, self.val_data, self.test_data = served.values()
 
     def _setup_uci(self) -> None:
         from unflow_zoo.data.uci import load_uci  # lazily: see _uci_datasets
@@ -418,14 +525,15 @@ class DensityDataModule(L.LightningDataModule):
         hp = self.hparams
         splits = load_uci(hp.dataset, hp.data_dir, download=hp.download)
         served = []
+        np_dtype = self._np_dtype
         for name, part in zip(("train", "validation", "test"), splits, strict=True):
-            part = validate_points(np.asarray(part), where=f"{hp.dataset} ({name} split)")
+            part = validate_points(part, where=f"{hp.dataset} ({name} split)", dtype=np_dtype)
             if part.shape[1:] != self.event_shape:
-                raise ValueError(
+                raise DataError(
                     f"{hp.dataset}: the {name} split has {part.shape[1]} columns, expected {self.event_shape[0]} "
                     "(UCI_DATASETS); is the local copy from another version of the archive?"
                 )
-            served.append(torch.from_numpy(np.ascontiguousarray(part, dtype=np.float32)))
+            served.append(torch.from_numpy(np.ascontiguousarray(part, dtype=np_dtype)))
         self.train_data, self.val_data, self.test_data = served
 
     def _setup_images(self) -> None:
@@ -442,12 +550,12 @@ class DensityDataModule(L.LightningDataModule):
             # MAF's convention: the last sixth (10 000 of 60 000) of the official training set validates.
             n_val = max(train.shape[0] // 6, 1) if hp.val_fraction > 0 else 0
             if train.shape[0] - n_val < 1:
-                raise ValueError(f"MNIST: {train.shape[0]} training images leave none to train on after validation")
+                raise DataError(f"MNIST: {train.shape[0]} training images leave none to train on after validation")
             train, val = train[: train.shape[0] - n_val], train[train.shape[0] - n_val :]
         expected = IMAGE_DATASETS[hp.dataset].shape
         for part in (train, val, test):
             if part.shape[1:] != expected:  # pragma: no cover - the loaders check this already
-                raise ValueError(f"{hp.dataset}: images of shape {part.shape[1:]}, expected {expected}")
+                raise DataError(f"{hp.dataset}: images of shape {part.shape[1:]}, expected {expected}")
         self.train_pixels, self.val_pixels, self.test_pixels = (torch.from_numpy(p) for p in (train, val, test))
         # Fixed, seeded noise for the evaluation splits (and the stored copy of the training split).
         streams = np.random.SeedSequence(hp.seed).spawn(6)
@@ -498,8 +606,13 @@ class DensityDataModule(L.LightningDataModule):
         return self.preprocess.log_det(x)
 
     def _check_batch(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise DataTypeError(
+                f"expected a torch.Tensor batch for {self.data_name}, got {type(x).__name__}; "
+                "convert it with torch.as_tensor(x, dtype=torch.float32)"
+            )
         if tuple(x.shape[1:]) != self.event_shape:
-            raise ValueError(
+            raise DataError(
                 f"expected a batch of shape (B, {', '.join(map(str, self.event_shape))}) for {self.data_name}, "
                 f"got {tuple(x.shape)}"
             )

@@ -53,6 +53,9 @@ import numpy as np
 
 from unflow_zoo.data.download import ChecksumError, extract_tar, file_digest
 from unflow_zoo.data.download import download as download_file
+from unflow_zoo.data.files import DataFileNotFoundError
+from unflow_zoo.errors import ConfigError, DataError
+from unflow_zoo.extras import require
 
 __all__ = [
     "CACHE_VERSION",
@@ -120,7 +123,7 @@ def _tail_sizes(n: int, name: str) -> tuple[int, int, int]:
     n_val = int(0.1 * (n - n_test))
     if n_test < 1 or n_val < 1:
         # data[-0:] is the whole array: the published slicing silently breaks below this size.
-        raise ValueError(f"{name}: {n} rows are too few for the published 10%/10% split; need at least 11")
+        raise DataError(f"{name}: {n} rows are too few for the published 10%/10% split; need at least 11")
     return n - n_test - n_val, n_val, n_test
 
 
@@ -155,7 +158,7 @@ def uci_split_sizes(name: str, n_raw_rows: int | tuple[int, ...]) -> tuple[int, 
     n_train_file, n_test = (int(n) for n in n_raw_rows)
     n_val = int(n_train_file * 0.1)
     if n_val < 1:
-        raise ValueError(f"hepmass: {n_train_file} training rows are too few for a 10% validation split")
+        raise DataError(f"hepmass: {n_train_file} training rows are too few for a 10% validation split")
     return n_train_file - n_val, n_val, n_test
 
 
@@ -177,7 +180,7 @@ def _finish(name: str, splits: Splits) -> Splits:
     for part, split in zip(out, ("train", "validation", "test"), strict=True):
         bad = ~np.isfinite(part).all(axis=0)
         if bad.any():
-            raise ValueError(
+            raise DataError(
                 f"{name}: the preprocessed {split} split has NaN/inf in columns {np.flatnonzero(bad).tolist()} "
                 "(a constant column has no std to divide by); the input file is not the published one"
             )
@@ -203,7 +206,7 @@ def preprocess_power(raw: np.ndarray) -> Splits:
     """
     data = np.array(raw, dtype=np.float64)  # a copy: the shuffle is in place
     if data.ndim != 2 or data.shape[1] != 8:
-        raise ValueError(f"power: expected data.npy of shape (N, 8), got {data.shape}")
+        raise DataError(f"power: expected data.npy of shape (N, 8), got {data.shape}")
     rng = np.random.RandomState(42)
     rng.shuffle(data)
     n = data.shape[0]
@@ -230,7 +233,7 @@ def preprocess_miniboone(raw: np.ndarray) -> Splits:
     """
     data = np.asarray(raw, dtype=np.float64)
     if data.ndim != 2:
-        raise ValueError(f"miniboone: expected a 2-D data.npy, got shape {data.shape}")
+        raise DataError(f"miniboone: expected a 2-D data.npy, got shape {data.shape}")
     _, n_val, n_test = uci_split_sizes("miniboone", data.shape[0])
     return _finish("miniboone", _standardize_with(*_split_tail(data, n_val, n_test)))
 
@@ -257,7 +260,7 @@ def preprocess_gas(frame) -> Splits:
     """
     missing = [c for c in ("Meth", "Eth", "Time") if c not in frame.columns]
     if missing:
-        raise ValueError(f"gas: expected columns Meth, Eth and Time; {missing} not in {list(frame.columns)}")
+        raise DataError(f"gas: expected columns Meth, Eth and Time; {missing} not in {list(frame.columns)}")
     data = frame.drop(columns=["Meth", "Eth", "Time"])
     counts = _correlation_numbers(data)
     while np.any(counts > 1):
@@ -298,7 +301,7 @@ def preprocess_hepmass(train_frame, test_frame) -> Splits:
     # silently adding NaN columns or permuting the features.
     absent = [c for c in train.columns if c not in test.columns]
     if absent:
-        raise ValueError(
+        raise DataError(
             f"hepmass: columns {absent} of 1000_train.csv are not in 1000_test.csv (after dropping its label "
             "and last column); the files are not the published ones"
         )
@@ -434,7 +437,7 @@ def _arrow_buffer(buf: Any) -> bytes | None:
         return None
     if _is(buf, "py_buffer") and len(buf.args) == 1 and isinstance(buf.args[0], bytes | bytearray):
         return bytes(buf.args[0])
-    raise ValueError(f"unexpected pyarrow buffer {buf!r}")
+    raise DataError(f"unexpected pyarrow buffer {buf!r}")
 
 
 def _arrow_strings(array: Any) -> list[str | None]:
@@ -443,20 +446,20 @@ def _arrow_strings(array: Any) -> list[str | None]:
         chunks = array.args[0] if array.args else []
         return [s for chunk in chunks for s in _arrow_strings(chunk)]
     if not (_is(array, "_restore_array") and len(array.args) == 1 and len(array.args[0]) == 7):
-        raise ValueError(f"unexpected pyarrow array {array!r}")
+        raise DataError(f"unexpected pyarrow array {array!r}")
     arrow_type, length, _, offset, buffers, _, _ = array.args[0]
     alias = arrow_type.args[0] if _is(arrow_type, "type_for_alias") and arrow_type.args else None
     width = {"string": np.int32, "utf8": np.int32, "large_string": np.int64, "large_utf8": np.int64}.get(alias)
     if width is None or len(buffers) != 3:
-        raise ValueError(f"column names of pyarrow type {alias!r} are not supported; expected strings")
+        raise DataError(f"column names of pyarrow type {alias!r} are not supported; expected strings")
     validity, offsets_raw, data = (_arrow_buffer(b) for b in buffers)
     offsets = np.frombuffer(offsets_raw or b"", dtype=width)
     data = data or b""
     if len(offsets) < offset + length + 1:
-        raise ValueError("corrupt pyarrow string array: too few offsets")
+        raise DataError("corrupt pyarrow string array: too few offsets")
     offsets = offsets[offset : offset + length + 1]
     if np.any(np.diff(offsets) < 0) or offsets[0] < 0 or offsets[-1] > len(data):
-        raise ValueError("corrupt pyarrow string array: offsets out of bounds")
+        raise DataError("corrupt pyarrow string array: offsets out of bounds")
     bits = None if validity is None else np.unpackbits(np.frombuffer(validity, np.uint8), bitorder="little")
     out: list[str | None] = []
     for i in range(length):
@@ -472,7 +475,7 @@ def _array_values(data: Any) -> list[Any] | np.ndarray:
         return data
     if _is(data, "ArrowStringArray", "ArrowStringArrayNumpySemantics") and isinstance(data.state, dict):
         return _arrow_strings(data.state.get("_pa_array"))
-    raise ValueError(f"unsupported index data {data!r}")
+    raise DataError(f"unsupported index data {data!r}")
 
 
 def _index_values(index: Any) -> list[Any] | np.ndarray:
@@ -483,18 +486,18 @@ def _index_values(index: Any) -> list[Any] | np.ndarray:
         if isinstance(cls, type) and issubclass(cls, _Record) and cls.named("RangeIndex"):
             return np.arange(attrs.get("start", 0), attrs["stop"], attrs.get("step", 1))
         return _array_values(attrs["data"])
-    raise ValueError(f"unsupported pandas index {index!r}")
+    raise DataError(f"unsupported pandas index {index!r}")
 
 
 def _manager_blocks(mgr: Any) -> tuple[list[Any], list[tuple[Any, Any]]]:
     """``(axes, [(values, placement), ...])`` of a pickled BlockManager, whichever pandas wrote it."""
     if not _is(mgr, "BlockManager"):
-        raise ValueError(f"expected a pandas BlockManager, got {mgr!r}")
+        raise DataError(f"expected a pandas BlockManager, got {mgr!r}")
     if mgr.state is None and len(mgr.args) == 2:  # pandas 3: BlockManager((blocks...), [axes])
         blocks = []
         for block in mgr.args[0]:
             if not (_is(block, "_unpickle_block", "new_block") and len(block.args) >= 2):
-                raise ValueError(f"unexpected pandas block {block!r}")
+                raise DataError(f"unexpected pandas block {block!r}")
             blocks.append((block.args[0], block.args[1]))
         return list(mgr.args[1]), blocks
     state = mgr.state
@@ -507,12 +510,12 @@ def _manager_blocks(mgr: Any) -> tuple[list[Any], list[tuple[Any, Any]]]:
         return list(axes), [
             (v, np.array([columns.index(c) for c in _index_values(it)])) for v, it in zip(values, items, strict=True)
         ]
-    raise ValueError("unsupported pandas BlockManager layout")
+    raise DataError("unsupported pandas BlockManager layout")
 
 
 def _decode_frame(obj: Any) -> tuple[list[Any], np.ndarray]:
     if not (_is(obj, "DataFrame") and isinstance(obj.state, dict)):
-        raise ValueError(f"expected a pickled pandas DataFrame, found {type(obj).__name__}")
+        raise DataError(f"expected a pickled pandas DataFrame, found {type(obj).__name__}")
     mgr = obj.state.get("_mgr", obj.state.get("_data"))
     axes, blocks = _manager_blocks(mgr)
     columns = list(_index_values(axes[0]))
@@ -521,16 +524,16 @@ def _decode_frame(obj: Any) -> tuple[list[Any], np.ndarray]:
     filled = np.zeros(len(columns), dtype=bool)
     for block, placement in blocks:
         if not isinstance(block, np.ndarray) or block.dtype.kind not in "fiub":
-            raise ValueError(f"only numeric columns are supported, found a block of {type(block).__name__}")
+            raise DataError(f"only numeric columns are supported, found a block of {type(block).__name__}")
         block = block.reshape(1, -1) if block.ndim == 1 else block
         where = np.arange(len(columns))[placement] if isinstance(placement, slice) else np.asarray(placement)
         where = np.atleast_1d(where).astype(np.intp)
         if block.shape != (len(where), n_rows) or where.min(initial=0) < 0 or where.max(initial=0) >= len(columns):
-            raise ValueError(f"a block of shape {block.shape} does not fit {n_rows} rows x {len(columns)} columns")
+            raise DataError(f"a block of shape {block.shape} does not fit {n_rows} rows x {len(columns)} columns")
         values[:, where] = block.T
         filled[where] = True
     if not filled.all():
-        raise ValueError(f"no values for columns {[c for c, f in zip(columns, filled, strict=True) if not f]}")
+        raise DataError(f"no values for columns {[c for c, f in zip(columns, filled, strict=True) if not f]}")
     return columns, values
 
 
@@ -551,7 +554,7 @@ def read_pandas_pickle(path: str | os.PathLike[str]):
 
     Raises:
         pickle.UnpicklingError: the file names anything outside that list.
-        ValueError: a DataFrame layout this reader does not know, or non-numeric columns.
+        DataError: a DataFrame layout this reader does not know, or non-numeric columns.
     """
     import pandas as pd
 
@@ -565,7 +568,7 @@ def read_pandas_pickle(path: str | os.PathLike[str]):
 def _check_name(name: str) -> str:
     key = name.lower()
     if key not in UCI_DATASETS:
-        raise ValueError(f"unknown UCI data set {name!r}; choose one of: {', '.join(UCI_DATASETS)}")
+        raise ConfigError(f"unknown UCI data set {name!r}; choose one of: {', '.join(UCI_DATASETS)}")
     return key
 
 
@@ -607,12 +610,14 @@ def _fetch(name: str, data_dir: Path, archive: UCIArchive, allow_download: bool,
                     "delete it and load with download=True"
                 )
     else:
-        raise FileNotFoundError(_missing_message(name, data_dir, archive))
+        raise DataFileNotFoundError(_missing_message(name, data_dir, archive))
     folders = sorted({rel.split("/", 1)[0] for rel in UCI_FILES[name]})
     extract_tar(local, data_dir, members=[p for f in folders for p in (f"data/{f}", f)])
     files = _find_files(name, data_dir)
     if files is None:
-        raise FileNotFoundError(f"{local} did not contain {', '.join(UCI_FILES[name])}; is it the published archive?")
+        raise DataFileNotFoundError(
+            f"{local} did not contain {', '.join(UCI_FILES[name])}; is it the published archive?"
+        )
     return files
 
 
@@ -623,12 +628,12 @@ def _read_csv(path: Path):
 
 
 def _read_bsds300(path: Path) -> Splits:
-    import h5py
+    h5py = require("h5py", "uci", "reading BSDS300 (an HDF5 file)")
 
     with h5py.File(path, "r") as f:
         missing = [k for k in ("train", "validation", "test") if k not in f]
         if missing:
-            raise ValueError(f"{path}: expected datasets train, validation and test; missing {missing}")
+            raise DataError(f"{path}: expected datasets train, validation and test; missing {missing}")
         return _finish("bsds300", (f["train"][:], f["validation"][:], f["test"][:]))
 
 
@@ -715,10 +720,12 @@ def load_uci(
         progress: show a progress bar while downloading.
 
     Raises:
-        FileNotFoundError: the files are missing and ``download=False``; the message
-            names the missing file, the folders searched and how to fetch it.
+        DataFileNotFoundError: the files are missing and ``download=False`` (also a
+            ``FileNotFoundError``); the message names the missing file, the folders
+            searched and how to fetch it.
         ChecksumError: the downloaded or local archive does not match its checksum.
-        ValueError: unknown ``name``, or a file that is not in the published format.
+        ConfigError: unknown ``name`` (a ``ValueError``).
+        DataError: a file that is not in the published format (a ``ValueError``).
 
     References:
         Papamakarios et al., NeurIPS 2017; github.com/gpapamak/maf ``datasets/*.py``.

@@ -9,12 +9,14 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from torch import Tensor
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from unflow_zoo.core.distributions import BaseDistribution, make_base
 from unflow_zoo.core.flow import Flow
 from unflow_zoo.core.transform import Compose, Permutation, Transform
+from unflow_zoo.errors import ConfigError, DivergenceError
 from unflow_zoo.metrics import bits_per_dim, fit_gaussian
+from unflow_zoo.models import validate as v
 
 __all__ = ["FlowModule", "stack_with_permutations"]
 
@@ -50,6 +52,10 @@ def _at_least_float32(t: Tensor) -> Tensor:
 
 OptimizerName = Literal["adam", "adamw", "sgd"]
 SchedulerName = Literal["none", "cosine", "plateau", "step"]
+_OPTIMIZERS = ("adam", "adamw", "sgd")
+_SCHEDULERS = ("none", "cosine", "plateau", "step")
+#: the per-row evaluation metrics: a mean over every row, non-finite ones included (see ``_eval_step``)
+_EVAL_MEANS = ("nll", "bpd", "kl", "gaussian_nll")
 
 
 class FlowModule(L.LightningModule):
@@ -83,6 +89,22 @@ class FlowModule(L.LightningModule):
       Flows", 2021; :func:`unflow_zoo.metrics.gaussian_nll` is its value on the
       training data itself).
 
+    A non-finite log-density is never dropped from a metric: every evaluation logs
+    ``{stage}_nonfinite``, the number of rows whose log-density is NaN or :math:`\pm\infty`
+    (a point outside the model's support counts: its log-density is :math:`-\infty`), and
+    while it is above zero ``{stage}_nll``, ``{stage}_bpd`` and ``{stage}_kl`` are
+    :math:`+\infty`, not a mean over the finite rows. The metrics accumulate in the model's
+    dtype (float64 under ``precision="64-true"``, else float32).
+
+    Training stops with :class:`~unflow_zoo.errors.DivergenceError` at the first non-finite
+    loss or gradient, checked after the backward pass and before gradient clipping and the
+    optimizer step (:meth:`on_before_optimizer_step`, one device sync per step): the bad step
+    never changes the weights, and :class:`~unflow_zoo.callbacks.LastFiniteCheckpoint` (on by
+    default in the CLI) saves them as ``last-finite.ckpt``. Under several processes the
+    decision is all-reduced (one small collective per step), so every rank stops at the same
+    step. Under ``16-mixed`` only the loss is checked: the gradient scaler skips a step whose
+    gradients overflow, by design.
+
     Mixed precision and several processes come from the Trainer (``precision=``,
     ``strategy=``, ``devices=``, ``num_nodes=``; docs/distributed.md). Under
     ``bf16-mixed``/``16-mixed`` the conditioner networks run in low precision while
@@ -98,15 +120,20 @@ class FlowModule(L.LightningModule):
         event_shape: shape of one data point, ``(D,)`` or ``(C, H, W)``; the CLI
             links it from the data module.
         base: base distribution name (``normal``, ``exponential``, ``diag-normal``).
-        lr: learning rate.
+        lr: learning rate, finite and > 0.
         optimizer: ``adam``, ``adamw`` or ``sgd``.
-        weight_decay: L2 penalty (decoupled for adamw).
-        momentum: SGD momentum.
+        weight_decay: L2 penalty (decoupled for adamw), finite and >= 0.
+        momentum: SGD momentum, in [0, 1).
         scheduler: ``none``, ``cosine`` (per step, to the end of training),
             ``plateau`` (on the validation NLL) or ``step``.
-        scheduler_step_size: epochs between decays for ``step``.
-        scheduler_gamma: decay factor for ``step`` and ``plateau``.
-        scheduler_patience: epochs without improvement for ``plateau``.
+        scheduler_step_size: epochs between decays for ``step``, an int >= 1.
+        scheduler_gamma: decay factor for ``step`` and ``plateau``, in (0, 1] (``plateau``:
+            in (0, 1), as a factor of 1 would never reduce); the learning rate is multiplied
+            by it, so a value outside that range would grow it or flip its sign.
+        scheduler_patience: epochs without improvement for ``plateau``, an int >= 0.
+
+    Raises:
+        ConfigError: an argument outside the range above, or an unknown optimizer or scheduler.
     """
 
     registry_name: str = "custom"
@@ -125,21 +152,42 @@ class FlowModule(L.LightningModule):
         scheduler_patience: int = 5,
     ) -> None:
         super().__init__()
-        if optimizer not in ("adam", "adamw", "sgd"):
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose adam, adamw or sgd")
-        if scheduler not in ("none", "cosine", "plateau", "step"):
-            raise ValueError(f"unknown scheduler {scheduler!r}; choose none, cosine, plateau or step")
-        if isinstance(event_shape, int):
+        owner = self.registry_name if self.registry_name != "custom" else type(self).__name__
+        if optimizer not in _OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {optimizer!r}; choose adam, adamw or sgd")
+        if scheduler not in _SCHEDULERS:
+            raise ConfigError(f"unknown scheduler {scheduler!r}; choose none, cosine, plateau or step")
+        if isinstance(event_shape, int) and not isinstance(event_shape, bool):
             event_shape = (event_shape,)
+        shape = v.event_shape(event_shape, owner=owner)
+        v.positive_float("lr", lr, owner=owner, fix="pass a learning rate such as lr=0.001")
+        v.non_negative_float("weight_decay", weight_decay, owner=owner, fix="pass weight_decay=0 for none")
+        v.in_range("momentum", momentum, 0, 1, high_open=True, owner=owner, fix="pass e.g. momentum=0.9 (0: none)")
+        plateau = scheduler == "plateau"  # ReduceLROnPlateau needs a factor < 1
+        gamma_range = "(0, 1)" if plateau else "(0, 1]"
+        fix = (
+            f"it multiplies the learning rate at every decay: pass a factor in {gamma_range}, e.g. scheduler_gamma=0.5"
+        )
+        v.in_range("scheduler_gamma", scheduler_gamma, 0, 1, low_open=True, high_open=plateau, owner=owner, fix=fix)
+        v.positive_int("scheduler_step_size", scheduler_step_size, owner=owner)
+        v.non_negative_int("scheduler_patience", scheduler_patience, owner=owner)
         self.save_hyperparameters()
-        self.hparams["event_shape"] = tuple(int(s) for s in event_shape)
-        self.event_shape: tuple[int, ...] = self.hparams["event_shape"]
+        self.hparams["event_shape"] = shape
+        self.event_shape: tuple[int, ...] = shape
         self.flow: Flow = self.build_flow()
         for stage in ("val", "test"):
-            setattr(self, f"{stage}_nll", MeanMetric())
-            setattr(self, f"{stage}_bpd", MeanMetric())
-            setattr(self, f"{stage}_kl", MeanMetric())
-            setattr(self, f"{stage}_gaussian_nll", MeanMetric())
+            # nan_strategy="disable": a NaN row propagates (the default, "warn", would drop it) and
+            # no per-batch isnan check forces a device sync; non-finite rows enter as +inf (_eval_step).
+            for name in _EVAL_MEANS:
+                setattr(self, f"{stage}_{name}", MeanMetric(nan_strategy="disable"))
+            setattr(self, f"{stage}_nonfinite", SumMetric(nan_strategy="disable"))
+        # divergence checks (on_before_optimizer_step): the pending step's loss and whether it is
+        # finite, and the last step found finite (detached tensors: no device sync until needed)
+        self._pending_ok: Tensor | None = None
+        self._pending_loss: Tensor | None = None
+        self._pending_batch: int | None = None
+        self._last_finite_loss: Tensor | None = None
+        self._last_finite_step: int | None = None
         # the ML Gaussian of the data module's training split, refitted at the start of every
         # evaluation epoch (O(N D^2), small next to evaluating a flow) so it never goes stale
         self._gaussian_baseline: torch.distributions.MultivariateNormal | None = None
@@ -192,6 +240,9 @@ class FlowModule(L.LightningModule):
         return x
 
     def on_fit_start(self) -> None:
+        # a new fit: no step pending (a training_step called by hand leaves one) and none finite yet
+        self._pending_ok = self._pending_loss = self._pending_batch = None
+        self._last_finite_loss = self._last_finite_step = None
         dm = getattr(self.trainer, "datamodule", None)
         shape = getattr(dm, "event_shape", None)
         if shape is not None and tuple(shape) != self.event_shape:
@@ -204,14 +255,98 @@ class FlowModule(L.LightningModule):
         x = self._batch_x(batch)
         nll = -self.log_prob(x).mean()
         loss = nll + self.regularization()
+        self._note_loss(loss, batch_idx)
         self.log("train_nll", nll, prog_bar=True, batch_size=x.shape[0])
         return loss
+
+    # ----- divergence ------------------------------------------------------------------
+    def _note_loss(self, loss: Tensor, batch_idx: int) -> None:
+        """Record whether ``loss`` is finite, as a tensor (no device sync here): the check happens
+        once per optimizer step, in :meth:`on_before_optimizer_step`, together with the gradients'.
+        Under gradient accumulation every micro-batch's loss must be finite."""
+        ok = torch.isfinite(loss.detach()).all()
+        self._pending_ok = ok if self._pending_ok is None else self._pending_ok & ok
+        self._pending_loss = loss.detach()
+        self._pending_batch = batch_idx
+
+    def _all_ranks(self, ok: bool) -> bool:
+        """``ok`` on every rank: one all-reduce under several processes, so that all ranks stop at
+        the same step (a rank-local decision would leave the others waiting in the next collective)."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size <= 1:
+            return ok
+        return bool(trainer.strategy.reduce_boolean_decision(ok, all=True))
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """Raise :class:`~unflow_zoo.errors.DivergenceError` on a non-finite loss or gradient.
+
+        Lightning calls this after the backward pass and before gradient clipping and the
+        optimizer step, so the bad step has not changed the weights (nor the optimizer's state).
+        One device sync per optimizer step covers the loss and every gradient.
+        """
+        trainer = self._trainer
+        loss_ok, self._pending_ok = self._pending_ok, None
+        if trainer is None:
+            return
+        # 16-mixed: the gradient scaler skips an overflowing step and lowers its scale by design
+        check_grads = getattr(trainer.precision_plugin, "scaler", None) is None
+        grads = [p.grad for p in self.parameters() if p.grad is not None] if check_grads else []
+        flags = ([loss_ok] if loss_ok is not None else []) + [torch.isfinite(g).all() for g in grads]
+        if not flags:
+            return
+        device = flags[0].device
+        ok = self._all_ranks(bool(torch.stack([f.to(device) for f in flags]).all()))
+        if ok:
+            self._last_finite_loss, self._last_finite_step = self._pending_loss, trainer.global_step
+            return
+        if loss_ok is not None and not bool(loss_ok):
+            what = f"the training loss is {float(self._pending_loss):g}"
+        elif grads and not all(bool(f) for f in flags[-len(grads) :]):
+            bad = [n for n, p in self.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            what = f"the gradient of {shown} is not finite (the loss was {float(self._pending_loss):g})"
+        else:
+            what = "another process's training loss or gradient is not finite"
+        raise DivergenceError(self._divergence_message(what))
+
+    def _divergence_message(self, what: str) -> str:
+        trainer = self.trainer
+        batch = f", batch {self._pending_batch}" if self._pending_batch is not None else ""
+        head = (
+            f"training diverged: {what} at global step {trainer.global_step} (epoch {trainer.current_epoch}{batch}); "
+            "the run stopped before this step changed the weights. "
+        )
+        if self._last_finite_loss is None and trainer.global_step == 0:
+            return head + (
+                "No finite step came before it: the initial model already fails on this batch, so the learning rate "
+                "is not the cause. Check the data (NaN or inf values, points outside the base distribution's "
+                "support) and the model's settings"
+            )
+        if self._last_finite_loss is None:  # resumed from a checkpoint, diverged at once
+            last = "No finite step came before it since this fit resumed. "
+        else:
+            last = (
+                f"The last finite loss was {float(self._last_finite_loss):.6g} (global step {self._last_finite_step}). "
+            )
+        lr = f"lower the learning rate (model lr={self.hparams.lr:g})"
+        clip = trainer.gradient_clip_val
+        if clip:
+            fix = f"{lr} or the gradient clipping threshold (trainer.gradient_clip_val={clip:g})"
+        else:
+            fix = f"{lr}, or clip gradients (trainer.gradient_clip_val, e.g. 5.0)"
+        return head + last + "Likely fix: " + fix
 
     def _eval_step(self, stage: str, batch: Any) -> None:
         x = self._batch_x(batch)
         logp = self.log_prob(x)
+        finite = torch.isfinite(logp)
+        # A row with a non-finite log-density (NaN, or -inf outside the support) enters every mean
+        # as +inf: the NLL is then +inf, never a mean over the finite rows alone; the count says how many.
+        logp = torch.where(finite, logp, torch.full_like(logp, -math.inf))
         nll = -logp
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        getattr(self, f"{stage}_nonfinite").update((~finite).sum())
+        self.log(f"{stage}_nonfinite", getattr(self, f"{stage}_nonfinite"))
         getattr(self, f"{stage}_nll").update(nll)
         getattr(self, f"{stage}_bpd").update(bits_per_dim(self._nll_in_data_space(dm, x, nll), self.dim))
         self.log(f"{stage}_nll", getattr(self, f"{stage}_nll"), prog_bar=True)
@@ -227,7 +362,8 @@ class FlowModule(L.LightningModule):
         baseline = self._gaussian_baseline
         if baseline is not None:
             nll_gauss = -baseline.log_prob(x.detach().to(baseline.loc.device, torch.float64))
-            getattr(self, f"{stage}_gaussian_nll").update(nll_gauss.to(x.device, torch.float32))
+            metric = getattr(self, f"{stage}_gaussian_nll")
+            metric.update(nll_gauss.to(x.device, metric.dtype))
             self.log(f"{stage}_gaussian_nll", getattr(self, f"{stage}_gaussian_nll"))
 
     @staticmethod
@@ -253,10 +389,26 @@ class FlowModule(L.LightningModule):
         tabular = isinstance(train, Tensor) and train.ndim == 2 and tuple(train.shape[1:]) == self.event_shape
         self._gaussian_baseline = fit_gaussian(train) if tabular else None
 
+    def _metric_dtype(self) -> torch.dtype:
+        """float64 for a float64 model, else float32 (never lower: see ``_at_least_float32``)."""
+        dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), self.dtype)
+        return torch.float64 if dtype == torch.float64 else torch.float32
+
+    def _prepare_metrics(self, stage: str) -> None:
+        """Accumulate ``stage``'s metrics in the model's dtype: ``model.double()`` (and so
+        ``precision="64-true"``) leaves torchmetrics states in float32 on purpose."""
+        dtype = self._metric_dtype()
+        for name in (*_EVAL_MEANS, "nonfinite"):
+            metric = getattr(self, f"{stage}_{name}")
+            if metric.dtype != dtype:
+                metric.set_dtype(dtype)
+
     def on_validation_epoch_start(self) -> None:
+        self._prepare_metrics("val")
         self._fit_gaussian_baseline()
 
     def on_test_epoch_start(self) -> None:
+        self._prepare_metrics("test")
         self._fit_gaussian_baseline()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -283,6 +435,18 @@ class FlowModule(L.LightningModule):
         if not isinstance(model, cls):
             raise TypeError(f"{name_or_path!r} holds a {type(model).__name__}, not a {cls.__name__}")
         return model
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: Any, *args: Any, weights_only: bool | None = True, **kwargs: Any
+    ) -> Any:
+        """Lightning's ``load_from_checkpoint``, reading the file with ``weights_only=True`` by default.
+
+        Lightning would unpickle a checkpoint given by URL with ``weights_only=False``, which
+        runs whatever code the file carries (SECURITY.md). Pass ``weights_only=False`` only for a
+        file you trust that holds objects other than tensors and plain containers.
+        """
+        return super().load_from_checkpoint(checkpoint_path, *args, weights_only=weights_only, **kwargs)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)

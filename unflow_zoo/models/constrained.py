@@ -8,9 +8,10 @@ from typing import Any, Literal
 from torch import Tensor
 
 from unflow_zoo.core.flow import Flow
+from unflow_zoo.models import validate as v
 from unflow_zoo.models.base import FlowModule, stack_with_permutations
 from unflow_zoo.models.registry import register_model
-from unflow_zoo.transforms.monotone import PARAMETER_GROUPS, ConstrainedMonotone
+from unflow_zoo.transforms.monotone import INITS, PARAMETER_GROUPS, POSITIVITY, ConstrainedMonotone
 
 __all__ = ["ConstrainedFlow"]
 
@@ -92,23 +93,39 @@ class ConstrainedFlow(FlowModule):
 
     def build_flow(self) -> Flow:
         hp = self.hparams
-        d = self.vector_features()
-        transform = stack_with_permutations(
-            lambda k: ConstrainedMonotone(
-                d,
-                width=hp.width,
-                depth=hp.depth,
-                positivity=hp.positivity,
-                init=hp.init,
-                std_a=hp.std_a,
-                eps=hp.eps,
-                linear_term=hp.linear_term,
-                train_layers=tuple(hp.train_layers),
-            ),
-            hp.n_layers,
-            d,
+        name = "constrained"
+        v.event_shape(self.event_shape, owner=name)
+        width = v.positive_int("width", hp.width, owner=name)
+        depth = v.positive_int("depth", hp.depth, owner=name)
+        positivity = v.one_of("positivity", hp.positivity, POSITIVITY, owner=name)
+        init = v.one_of("init", hp.init, INITS, owner=name)
+        std_a = v.positive_float("std_a", hp.std_a, owner=name)
+        eps = v.positive_float("eps", hp.eps, owner=name, fix="pass a small positive number, e.g. eps=1e-6")
+        linear_term = v.non_negative_float(
+            "linear_term",
+            hp.linear_term,
+            owner=name,
+            fix="pass 0 (the paper's bounded map) or a small slope, e.g. 0.01",
         )
-        return Flow(transform, self.make_base())
+        n_layers = v.positive_int("n_layers", hp.n_layers, owner=name)
+        with v.config_errors(name):
+            d = self.vector_features()
+            transform = stack_with_permutations(
+                lambda k: ConstrainedMonotone(
+                    d,
+                    width=width,
+                    depth=depth,
+                    positivity=positivity,
+                    init=init,
+                    std_a=std_a,
+                    eps=eps,
+                    linear_term=linear_term,
+                    train_layers=tuple(hp.train_layers),  # names checked by the transform
+                ),
+                n_layers,
+                d,
+            )
+            return Flow(transform, self.make_base())
 
     @property
     def blocks(self) -> list[ConstrainedMonotone]:

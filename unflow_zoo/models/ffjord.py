@@ -8,6 +8,8 @@ from torch import Tensor
 
 from unflow_zoo.core.flow import Flow
 from unflow_zoo.core.transform import Compose
+from unflow_zoo.errors import ConfigError
+from unflow_zoo.models import validate as v
 from unflow_zoo.models.base import FlowModule
 from unflow_zoo.models.registry import register_model
 from unflow_zoo.transforms.ode import ODENet, ODETransform
@@ -98,38 +100,53 @@ class FFJORD(FlowModule):
 
     def build_flow(self) -> Flow:
         hp = self.hparams
-        if hp.n_blocks < 1:
-            raise ValueError(f"ffjord needs n_blocks >= 1, got {hp.n_blocks}")
-        if len(hp.hidden) < 1 or min(hp.hidden) < 1:
-            raise ValueError(f"ffjord needs at least one positive hidden width, got hidden={list(hp.hidden)}")
-        if hp.kinetic_weight < 0 or hp.jacobian_weight < 0:
-            raise ValueError(
-                f"RNODE weights must be >= 0, got kinetic_weight={hp.kinetic_weight}, "
-                f"jacobian_weight={hp.jacobian_weight}"
-            )
+        name = "ffjord"
+        v.event_shape(self.event_shape, owner=name)
+        n_blocks = v.positive_int("n_blocks", hp.n_blocks, owner=name)
+        hidden = v.positive_ints(
+            "hidden", hp.hidden, owner=name, allow_empty=False, fix="pass e.g. hidden=[64, 64, 64]"
+        )
+        act = v.one_of("act", hp.act, ("tanh", "softplus", "elu", "silu", "swish"), owner=name)
+        end_time = v.positive_float("end_time", hp.end_time, owner=name, fix="pass e.g. end_time=0.5")
+        atol = v.positive_float("atol", hp.atol, owner=name, fix="pass a small tolerance, e.g. atol=1e-5")
+        rtol = v.positive_float("rtol", hp.rtol, owner=name, fix="pass a small tolerance, e.g. rtol=1e-5")
+        step = hp.train_step_size
+        if step is not None:
+            fix = "pass a step in rescaled time, e.g. train_step_size=0.25 (4 steps per block)"
+            step = v.in_range("train_step_size", step, 0, 1, low_open=True, owner=name, fix=fix)
+        trace = v.one_of("trace", hp.trace, ("auto", "exact", "hutchinson"), owner=name)
+        exact_max = v.non_negative_int("exact_trace_max_dim", hp.exact_trace_max_dim, owner=name)
+        noise = v.one_of("noise", hp.noise, ("gaussian", "rademacher"), owner=name)
+        rnode = "RNODE weights must be >= 0; 0 turns the penalty off"
+        kinetic = v.non_negative_float("kinetic_weight", hp.kinetic_weight, owner=name, fix=rnode)
+        jacobian = v.non_negative_float("jacobian_weight", hp.jacobian_weight, owner=name, fix=rnode)
         if len(self.event_shape) not in (1, 3):
-            raise ValueError(f"ffjord takes event_shape (D,) or (C, H, W), got {self.event_shape}")
-        regularize = hp.kinetic_weight > 0 or hp.jacobian_weight > 0
-        blocks = [
-            ODETransform(
-                ODENet(self.event_shape, hp.hidden, hp.act),
-                features=self.dim,
-                end_time=hp.end_time,
-                train_end_time=hp.train_end_time,
-                solver=hp.solver,
-                atol=hp.atol,
-                rtol=hp.rtol,
-                train_solver=hp.train_solver,
-                train_step_size=hp.train_step_size,
-                adjoint=hp.adjoint,
-                trace=hp.trace,
-                exact_trace_max_dim=hp.exact_trace_max_dim,
-                noise=hp.noise,
-                regularize=regularize,
+            raise ConfigError(
+                f"ffjord takes event_shape (D,) or (C, H, W), got {self.event_shape}; "
+                "flatten the data to (D,) or give images a channel axis"
             )
-            for _ in range(hp.n_blocks)
-        ]
-        return Flow(Compose(blocks), self.make_base())
+        regularize = kinetic > 0 or jacobian > 0
+        with v.config_errors(name):
+            blocks = [
+                ODETransform(
+                    ODENet(self.event_shape, hidden, act),
+                    features=self.dim,
+                    end_time=end_time,
+                    train_end_time=hp.train_end_time,
+                    solver=hp.solver,
+                    atol=atol,
+                    rtol=rtol,
+                    train_solver=hp.train_solver,
+                    train_step_size=step,
+                    adjoint=hp.adjoint,
+                    trace=trace,
+                    exact_trace_max_dim=exact_max,
+                    noise=noise,
+                    regularize=regularize,
+                )
+                for _ in range(n_blocks)
+            ]
+            return Flow(Compose(blocks), self.make_base())
 
     # ----- diagnostics ----------------------------------------------------------------
     @property

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from unflow_zoo.core.flow import Flow
 from unflow_zoo.core.transform import Compose, Transform
+from unflow_zoo.errors import ConfigError
+from unflow_zoo.models import validate as v
 from unflow_zoo.models.base import FlowModule
 from unflow_zoo.models.registry import register_model
 from unflow_zoo.transforms.coupling import AffineCoupling, alternating_mask
@@ -77,32 +79,45 @@ class Glow(FlowModule):
 
     def build_flow(self) -> Flow:
         hp = self.hparams
-        if len(self.event_shape) == 3:
-            if hp.hidden_channels < 1:
-                raise ValueError(f"glow needs hidden_channels >= 1, got {hp.hidden_channels}")
-            transform: Transform = MultiScaleGlow(
-                self.event_shape,  # type: ignore[arg-type]
-                levels=hp.levels,
-                steps_per_level=hp.steps_per_level,
-                hidden_channels=hp.hidden_channels,
-                split_prior=hp.split_prior,
-                coupling_scale=hp.coupling_scale,
-                scale_clamp=hp.scale_clamp,
-            )
-        elif len(self.event_shape) == 1:
-            d = self.event_shape[0]
-            if d < 2:
-                raise ValueError(f"glow couples halves of a vector and needs event_shape (D,) with D >= 2, got ({d},)")
-            if hp.n_layers < 1:
-                raise ValueError(f"glow needs n_layers >= 1, got {hp.n_layers}")
-            steps: list[Transform] = []
-            for k in range(hp.n_layers):
-                steps += [
-                    ActNorm(d),
-                    InvertibleConv1x1(d),  # on (B, D) batches exactly an LULinear, rotation start
-                    AffineCoupling(alternating_mask(d, k % 2), hp.hidden, hp.act, scale_clamp=hp.scale_clamp),
-                ]
-            transform = Compose(steps)
-        else:
-            raise ValueError(f"glow works on images, event_shape (C, H, W), or vectors, (D,); got {self.event_shape}")
-        return Flow(transform, self.make_base())
+        name = "glow"
+        v.event_shape(self.event_shape, owner=name)
+        scale_clamp = v.optional_positive_float("scale_clamp", hp.scale_clamp, owner=name)
+        with v.config_errors(name):
+            if len(self.event_shape) == 3:
+                levels = v.positive_int("levels", hp.levels, owner=name)
+                steps_per_level = v.positive_int("steps_per_level", hp.steps_per_level, owner=name)
+                hidden_channels = v.positive_int("hidden_channels", hp.hidden_channels, owner=name)
+                coupling_scale = v.one_of("coupling_scale", hp.coupling_scale, ("sigmoid", "clamp"), owner=name)
+                transform: Transform = MultiScaleGlow(
+                    self.event_shape,  # type: ignore[arg-type]
+                    levels=levels,
+                    steps_per_level=steps_per_level,
+                    hidden_channels=hidden_channels,
+                    split_prior=hp.split_prior,
+                    coupling_scale=coupling_scale,
+                    scale_clamp=scale_clamp,
+                )
+            elif len(self.event_shape) == 1:
+                d = self.event_shape[0]
+                if d < 2:
+                    raise ConfigError(
+                        f"glow couples halves of a vector and needs event_shape (D,) with D >= 2, got ({d},); "
+                        "use maf or nsf for 1-D data"
+                    )
+                n_layers = v.positive_int("n_layers", hp.n_layers, owner=name)
+                hidden = v.positive_ints("hidden", hp.hidden, owner=name)
+                v.mlp_activation("act", hp.act, owner=name)
+                steps: list[Transform] = []
+                for k in range(n_layers):
+                    steps += [
+                        ActNorm(d),
+                        InvertibleConv1x1(d),  # on (B, D) batches exactly an LULinear, rotation start
+                        AffineCoupling(alternating_mask(d, k % 2), hidden, hp.act, scale_clamp=scale_clamp),
+                    ]
+                transform = Compose(steps)
+            else:
+                raise ConfigError(
+                    f"glow works on images, event_shape (C, H, W), or vectors, (D,); got {self.event_shape}; "
+                    "flatten the data to (D,) or give images a channel axis"
+                )
+            return Flow(transform, self.make_base())

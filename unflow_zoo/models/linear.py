@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from unflow_zoo.core.flow import Flow
+from unflow_zoo.models import validate as v
 from unflow_zoo.models.base import FlowModule, stack_with_permutations
 from unflow_zoo.models.registry import register_model
 from unflow_zoo.transforms.linear import LULinear
@@ -46,6 +47,9 @@ class LinearFlow(FlowModule):
         super().__init__(event_shape=event_shape, **kwargs)
 
     def build_flow(self) -> Flow:
-        d = self.vector_features()
-        transform = stack_with_permutations(lambda k: LULinear(d), self.hparams.n_layers, d)
-        return Flow(transform, self.make_base())
+        v.event_shape(self.event_shape, owner="linear")
+        n_layers = v.positive_int("n_layers", self.hparams.n_layers, owner="linear")
+        with v.config_errors("linear"):
+            d = self.vector_features()
+            transform = stack_with_permutations(lambda k: LULinear(d), n_layers, d)
+            return Flow(transform, self.make_base())

@@ -6,6 +6,7 @@ from typing import Any
 
 from unflow_zoo.core.flow import Flow
 from unflow_zoo.core.transform import Compose
+from unflow_zoo.models import validate as v
 from unflow_zoo.models.base import FlowModule
 from unflow_zoo.models.registry import register_model
 from unflow_zoo.transforms.autoregressive import MaskedAffineAutoregressive
@@ -49,16 +50,19 @@ class MaskedAutoregressiveFlow(FlowModule):
 
     def build_flow(self) -> Flow:
         hp = self.hparams
-        d = self.vector_features()
-        if hp.n_layers < 1:
-            raise ValueError(f"n_layers must be >= 1, got {hp.n_layers}")
-        # The autoregressive order alternates inside the MADEs instead of permuting the data between
-        # layers: the same family of densities, without an index-select (and its backward) per layer.
-        reverse = list(range(d - 1, -1, -1))
-        layers = [
-            MaskedAffineAutoregressive(
-                d, hp.hidden, hp.act, scale_clamp=hp.scale_clamp, order=reverse if k % 2 else None
-            )
-            for k in range(hp.n_layers)
-        ]
-        return Flow(Compose(layers), self.make_base())
+        name = "maf"
+        v.event_shape(self.event_shape, owner=name)
+        n_layers = v.positive_int("n_layers", hp.n_layers, owner=name)
+        hidden = v.positive_ints("hidden", hp.hidden, owner=name)
+        v.mlp_activation("act", hp.act, owner=name)
+        scale_clamp = v.optional_positive_float("scale_clamp", hp.scale_clamp, owner=name)
+        with v.config_errors(name):
+            d = self.vector_features()
+            # The autoregressive order alternates inside the MADEs instead of permuting the data between
+            # layers: the same family of densities, without an index-select (and its backward) per layer.
+            reverse = list(range(d - 1, -1, -1))
+            layers = [
+                MaskedAffineAutoregressive(d, hidden, hp.act, scale_clamp=scale_clamp, order=reverse if k % 2 else None)
+                for k in range(n_layers)
+            ]
+            return Flow(Compose(layers), self.make_base())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from unflow_zoo.core.flow import Flow
+from unflow_zoo.models import validate as v
 from unflow_zoo.models.base import FlowModule, stack_with_permutations
 from unflow_zoo.models.registry import register_model
 from unflow_zoo.transforms.sigmoidal import DSFAutoregressive
@@ -70,13 +71,17 @@ class NeuralAutoregressiveFlow(FlowModule):
 
     def build_flow(self) -> Flow:
         hp = self.hparams
-        d = self.vector_features()
-        if hp.dsf_units < 1:
-            raise ValueError(f"naf needs dsf_units >= 1, got {hp.dsf_units}")
-        if hp.dsf_depth < 1:
-            raise ValueError(f"naf needs dsf_depth >= 1, got {hp.dsf_depth}")
+        name = "naf"
+        v.event_shape(self.event_shape, owner=name)
+        n_layers = v.positive_int("n_layers", hp.n_layers, owner=name)
+        hidden = v.positive_ints("hidden", hp.hidden, owner=name)
+        units = v.positive_int("dsf_units", hp.dsf_units, owner=name)
+        depth = v.positive_int("dsf_depth", hp.dsf_depth, owner=name)
+        v.mlp_activation("act", hp.act, owner=name)
+        with v.config_errors(name):
+            d = self.vector_features()
 
-        def make(k: int) -> DSFAutoregressive:
-            return DSFAutoregressive(d, hp.hidden, hp.dsf_units, hp.dsf_depth, hp.act)
+            def make(k: int) -> DSFAutoregressive:
+                return DSFAutoregressive(d, hidden, units, depth, hp.act)
 
-        return Flow(stack_with_permutations(make, hp.n_layers, d), self.make_base())
+            return Flow(stack_with_permutations(make, n_layers, d), self.make_base())

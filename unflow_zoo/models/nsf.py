@@ -5,12 +5,16 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from unflow_zoo.core.flow import Flow
+from unflow_zoo.errors import ConfigError
+from unflow_zoo.models import validate as v
 from unflow_zoo.models.base import FlowModule, stack_with_permutations
 from unflow_zoo.models.registry import register_model
 from unflow_zoo.transforms.coupling import alternating_mask
 from unflow_zoo.transforms.spline import RQSAutoregressive, RQSCoupling
 
 __all__ = ["NeuralSplineFlow"]
+
+MAX_BINS = 999
 
 
 @register_model("nsf")
@@ -69,29 +73,33 @@ class NeuralSplineFlow(FlowModule):
 
     def build_flow(self) -> Flow:
         hp = self.hparams
-        d = self.vector_features()
-        if hp.bins < 1:
-            raise ValueError(f"nsf needs bins >= 1, got {hp.bins}")
-        if not hp.tail_bound > 0:
-            raise ValueError(f"nsf needs tail_bound > 0, got {hp.tail_bound}")
-        if hp.variant == "coupling":
-            if d < 2:
-                raise ValueError(
-                    f"nsf variant='coupling' splits a vector in halves and needs event_shape (D,) with D >= 2, "
-                    f"got ({d},); use variant='autoregressive' for 1-D data"
-                )
+        name = "nsf"
+        v.event_shape(self.event_shape, owner=name)
+        variant = v.one_of("variant", hp.variant, ("autoregressive", "coupling"), owner=name)
+        n_layers = v.positive_int("n_layers", hp.n_layers, owner=name)
+        hidden = v.positive_ints("hidden", hp.hidden, owner=name)
+        # every bin is at least 1/1000 of [-B, B] (spline_knots' min_size), so at most 999 of them
+        bins = v.integer("bins", hp.bins, minimum=1, maximum=MAX_BINS, owner=name)
+        tail_bound = v.positive_float("tail_bound", hp.tail_bound, owner=name)
+        v.mlp_activation("act", hp.act, owner=name)
+        with v.config_errors(name):
+            d = self.vector_features()
+            if variant == "coupling":
+                if d < 2:
+                    raise ConfigError(
+                        f"nsf variant='coupling' splits a vector in halves and needs event_shape (D,) with D >= 2, "
+                        f"got ({d},); use variant='autoregressive' for 1-D data"
+                    )
 
-            def make(k: int) -> RQSCoupling:
-                # For even D the reversal between layers already swaps the even and odd halves
-                # (alternating the mask as well would undo it); for odd D it does not.
-                parity = k % 2 if d % 2 else 0
-                return RQSCoupling(alternating_mask(d, parity), hp.hidden, hp.bins, hp.tail_bound, hp.act)
+                def make(k: int) -> RQSCoupling:
+                    # For even D the reversal between layers already swaps the even and odd halves
+                    # (alternating the mask as well would undo it); for odd D it does not.
+                    parity = k % 2 if d % 2 else 0
+                    return RQSCoupling(alternating_mask(d, parity), hidden, bins, tail_bound, hp.act)
 
-        elif hp.variant == "autoregressive":
+            else:
 
-            def make(k: int) -> RQSAutoregressive:  # type: ignore[misc]
-                return RQSAutoregressive(d, hp.hidden, hp.bins, hp.tail_bound, hp.act)
+                def make(k: int) -> RQSAutoregressive:  # type: ignore[misc]
+                    return RQSAutoregressive(d, hidden, bins, tail_bound, hp.act)
 
-        else:
-            raise ValueError(f"unknown nsf variant {hp.variant!r}; choose 'coupling' or 'autoregressive'")
-        return Flow(stack_with_permutations(make, hp.n_layers, d), self.make_base())
+            return Flow(stack_with_permutations(make, n_layers, d), self.make_base())

@@ -6,6 +6,8 @@ from typing import Any
 
 from unflow_zoo.core.flow import Flow
 from unflow_zoo.core.transform import Compose
+from unflow_zoo.errors import ConfigError
+from unflow_zoo.models import validate as v
 from unflow_zoo.models.base import FlowModule
 from unflow_zoo.models.registry import register_model
 from unflow_zoo.transforms.coupling import AffineCoupling, alternating_mask
@@ -54,13 +56,22 @@ class RealNVP(FlowModule):
 
     def build_flow(self) -> Flow:
         hp = self.hparams
-        d = self.vector_features()
-        if d < 2:
-            raise ValueError(f"realnvp couples halves of a vector and needs event_shape (D,) with D >= 2, got ({d},)")
-        # .get: checkpoints saved before the gate option existed have no such hyper-parameter
-        coupling = GatedAffineCoupling if hp.get("gate", False) else AffineCoupling
-        layers = [
-            coupling(alternating_mask(d, k % 2), hp.hidden, hp.act, scale_clamp=hp.scale_clamp)
-            for k in range(hp.n_layers)
-        ]
-        return Flow(Compose(layers), self.make_base())
+        name = "realnvp"
+        v.event_shape(self.event_shape, owner=name)
+        n_layers = v.positive_int("n_layers", hp.n_layers, owner=name)
+        hidden = v.positive_ints("hidden", hp.hidden, owner=name)
+        v.mlp_activation("act", hp.act, owner=name)
+        scale_clamp = v.optional_positive_float("scale_clamp", hp.scale_clamp, owner=name)
+        with v.config_errors(name):
+            d = self.vector_features()
+            if d < 2:
+                raise ConfigError(
+                    f"realnvp couples halves of a vector and needs event_shape (D,) with D >= 2, got ({d},); "
+                    "use maf or nsf for 1-D data"
+                )
+            # .get: checkpoints saved before the gate option existed have no such hyper-parameter
+            coupling = GatedAffineCoupling if hp.get("gate", False) else AffineCoupling
+            layers = [
+                coupling(alternating_mask(d, k % 2), hidden, hp.act, scale_clamp=scale_clamp) for k in range(n_layers)
+            ]
+            return Flow(Compose(layers), self.make_base())

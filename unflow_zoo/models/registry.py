@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from unflow_zoo.models.base import FlowModule
 
-__all__ = ["create_model", "get_model_class", "list_models", "register_model"]
+__all__ = ["class_path_of", "create_model", "get_model_class", "list_models", "register_model", "registered_class"]
 
 _REGISTRY: dict[str, type[FlowModule]] = {}
 T = TypeVar("T")
@@ -42,3 +42,17 @@ def get_model_class(name: str) -> type[FlowModule]:
 def create_model(name: str, **hparams: Any) -> FlowModule:
     """Instantiate the family registered as ``name`` with ``hparams``."""
     return get_model_class(name)(**hparams)
+
+
+def class_path_of(cls: type) -> str:
+    """``module.QualName`` of a class: how LightningCLI and checkpoints name it."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def registered_class(class_path: str) -> type[FlowModule] | None:
+    """The registered family whose class path is ``class_path``, else ``None``.
+
+    The string is matched against the registered classes, never imported: it may come from a
+    file (a checkpoint's ``_class_path``), and importing a module a file names runs its code.
+    """
+    return next((cls for cls in _REGISTRY.values() if class_path_of(cls) == class_path), None)

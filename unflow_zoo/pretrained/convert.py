@@ -14,36 +14,58 @@ References:
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from unflow_zoo.pretrained.format import FormatError, to_json
+from unflow_zoo.errors import FormatError, MissingFileError, UnsafeFileError
+from unflow_zoo.pretrained.format import to_json
 from unflow_zoo.pretrained.serialization import save_pretrained
 
-__all__ = ["export_checkpoint", "model_from_checkpoint", "read_checkpoint"]
+__all__ = ["export_checkpoint", "model_from_checkpoint", "read_checkpoint", "refused_pickle"]
+
+
+def refused_pickle(where: Any, error: BaseException) -> FormatError:
+    """The package's error for a checkpoint ``torch.load(..., weights_only=True)`` could not read:
+    :class:`UnsafeFileError` when the pickle asks for code (a global outside the allow-list),
+    :class:`FormatError` when the file is not a readable checkpoint at all."""
+    text = str(error)
+    detail = next((line.strip() for line in text.splitlines() if "WeightsUnpickler error" in line), "")
+    if "Unsupported global" in text:
+        return UnsafeFileError(
+            f"refusing {where}: it holds objects other than tensors and plain containers, and unpickling them "
+            f"could run arbitrary code ({detail or text.splitlines()[0]}). unflow-zoo reads checkpoints with "
+            "weights_only=True; load a checkpoint you trust yourself, in Python"
+        )
+    return FormatError(f"{where} is not a readable torch checkpoint ({detail or text.splitlines()[0][:200]})")
 
 
 def read_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
     """The checkpoint dictionary, read with ``weights_only=True``.
 
     Raises:
-        FormatError: the file holds objects other than tensors and plain containers (it is refused
-            unread), or is not a torch checkpoint at all.
+        UnsafeFileError: the file holds objects other than tensors and plain containers (it is
+            refused before they are built).
+        FormatError: the file is not a torch checkpoint at all, or not a Lightning one.
+        MissingFileError: there is no such file (a FileNotFoundError).
     """
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {ckpt_path}")
+        raise MissingFileError(f"no checkpoint at {ckpt_path}")
+    if not zipfile.is_zipfile(ckpt_path):
+        # torch.save has written zip archives since torch 1.6; anything else (a text file, a
+        # truncated download) fails inside the legacy unpickler with a bare KeyError.
+        raise FormatError(
+            f"{ckpt_path} is not a torch checkpoint: torch.save and Lightning write zip archives, this file is not "
+            "one (a truncated download, or the wrong file?)"
+        )
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise FormatError(
-            f"refusing {ckpt_path}: it holds objects other than tensors and plain containers, and unpickling "
-            f"them could run arbitrary code (weights_only=True said: {str(e).splitlines()[0]}). Only export "
-            "checkpoints you trust, written by Lightning from a FlowModule"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as e:
+        raise refused_pickle(ckpt_path, e) from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
         raise FormatError(f"{ckpt_path} is not a readable torch checkpoint ({e})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise FormatError(f"{ckpt_path} is not a Lightning checkpoint: no 'state_dict'")
@@ -51,17 +73,15 @@ def read_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
 
 
 def _family_class(hparams: dict[str, Any], family: str | None, where: Path) -> type:
-    from unflow_zoo.models.registry import get_model_class, list_models
+    from unflow_zoo.models.registry import get_model_class, list_models, registered_class
 
     if family is not None:
         return get_model_class(family)
     class_path = hparams.get("_class_path")
     if class_path:
-        # Matched against registered classes, never imported: the string comes from the file.
-        for name in list_models():
-            cls = get_model_class(name)
-            if f"{cls.__module__}.{cls.__qualname__}" == class_path:
-                return cls
+        cls = registered_class(str(class_path))
+        if cls is not None:
+            return cls
         raise FormatError(f"{where}: model class {class_path!r} is not a registered family; pass family=")
     raise FormatError(
         f"{where}: the checkpoint does not name its model class (it was not written by LightningCLI); "

@@ -6,6 +6,10 @@ NLL is :math:`-\frac1N \sum_i \log p(x_i)` over the raw test points
 :math:`D \ln 2`, after moving to the data's own units with the data module's
 ``pixel_log_det`` where it has one (as :class:`~unflow_zoo.models.FlowModule` does).
 
+A row whose log-density is not finite (NaN, or :math:`-\infty` at a point outside the
+flow's support) is counted, never dropped: while any is, the NLL, bits/dim and KL are
+:math:`+\infty`, and the result names the first few such rows.
+
 References:
     Papamakarios, Pavlakou & Murray, "Masked Autoregressive Flow for Density
     Estimation", NeurIPS 2017 (test log-likelihood on held-out splits);
@@ -39,12 +43,20 @@ def split_data(datamodule: Any, split: str = "test") -> Tensor:
     return data
 
 
+#: how many offending rows :func:`evaluate_split` names
+SHOWN_ROWS = 5
+
+
 @torch.no_grad()
-def evaluate_split(model: Any, datamodule: Any, split: str = "test", batch_size: int = 4096) -> dict[str, float]:
-    """``{"{split}_nll", "{split}_bpd", "{split}_kl" (when the true density is known), "n_{split}"}``.
+def evaluate_split(model: Any, datamodule: Any, split: str = "test", batch_size: int = 4096) -> dict[str, Any]:
+    """``{"{split}_nll", "{split}_bpd", "{split}_kl" (when the true density is known), "n_{split}",
+    "{split}_nonfinite", "{split}_nonfinite_rows" (when it is above zero)}``.
 
     ``model`` is a flow as :func:`~unflow_zoo.pretrained.load_pretrained` returns it: when it
     carries a standardisation it is given raw points (``datamodule.transform_to_raw``), else served ones.
+    ``{split}_nonfinite`` counts the rows whose log-density is NaN or infinite; when there is
+    any, ``{split}_nonfinite_rows`` lists the first :data:`SHOWN_ROWS` of them (indices into the
+    split) and the NLL, bits/dim and KL are ``inf``, not means over the other rows.
     """
     served = split_data(datamodule, split)
     raw_input = isinstance(model.flow, RawDataFlow)
@@ -56,10 +68,20 @@ def evaluate_split(model: Any, datamodule: Any, split: str = "test", batch_size:
     nll_sum = bpd_nll_sum = kl_sum = 0.0
     has_truth = callable(true_log_prob)
     device = next(model.parameters()).device
+    nonfinite = 0
+    rows: list[int] = []
+    start = 0
     for x in served.split(batch_size):
         x = x.to(device)
         inputs = to_raw(x) if raw_input else x
-        nll = -model.log_prob(inputs).double()
+        logp = model.log_prob(inputs).double()
+        bad = ~torch.isfinite(logp)
+        if bool(bad.any()):
+            nonfinite += int(bad.sum())
+            rows += [start + int(i) for i in torch.nonzero(bad).flatten()[: SHOWN_ROWS - len(rows)]]
+            logp = torch.where(bad, torch.full_like(logp, -math.inf), logp)  # NaN, +inf: counted as no density
+        start += len(x)
+        nll = -logp
         nll_sum += float(nll.sum())
         data_nll = nll
         if callable(pixel_log_det):
@@ -77,7 +99,14 @@ def evaluate_split(model: Any, datamodule: Any, split: str = "test", batch_size:
                 kl_sum += float((truth.double() - shift + nll).sum())
     n = len(served)
     dim = math.prod(served.shape[1:])
-    out = {f"{split}_nll": nll_sum / n, f"{split}_bpd": bpd_nll_sum / n / (dim * math.log(2)), f"n_{split}": n}
+    out: dict[str, Any] = {
+        f"{split}_nll": nll_sum / n,
+        f"{split}_bpd": bpd_nll_sum / n / (dim * math.log(2)),
+        f"n_{split}": n,
+    }
     if has_truth:
         out[f"{split}_kl"] = kl_sum / n
+    out[f"{split}_nonfinite"] = nonfinite
+    if nonfinite:
+        out[f"{split}_nonfinite_rows"] = rows
     return out

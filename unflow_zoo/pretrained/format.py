@@ -29,6 +29,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from packaging.version import InvalidVersion, Version
+
+from unflow_zoo.errors import FormatError, IntegrityError
+
 __all__ = [
     "CONFIG_FILE",
     "FORMAT_VERSION",
@@ -46,14 +50,6 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 _REQUIRED = ("format_version", "family", "hparams", "weights")
-
-
-class IntegrityError(ValueError):
-    """A file's sha256 is not the one recorded for it: tampered, truncated or the wrong file."""
-
-
-class FormatError(ValueError):
-    """A checkpoint this version of unflow-zoo cannot read: a newer format, an unknown family, a broken config."""
 
 
 def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -98,14 +94,6 @@ def write_config(folder: Path, config: dict[str, Any]) -> Path:
     return path
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in str(version).split("."):
-        digits = "".join(c for c in piece if c.isdigit()) or "0"
-        parts.append(int(digits))
-    return tuple(parts)
-
-
 def read_config(folder: Path) -> dict[str, Any]:
     """Read and validate ``config.json`` from ``folder``.
 
@@ -141,17 +129,16 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 
 def package_version() -> str:
-    """The installed unflow-zoo version (the source tree's when it is not installed)."""
-    try:
-        from importlib.metadata import PackageNotFoundError, version
+    """The installed unflow-zoo version (``unflow_zoo.__version__``)."""
+    import unflow_zoo
 
-        return version("unflow-zoo")
-    except PackageNotFoundError:  # pragma: no cover - running from a bare source tree
-        import unflow_zoo
-
-        return unflow_zoo.__version__
+    return unflow_zoo.__version__
 
 
 def is_newer(version: str, than: str) -> bool:
-    """Whether dotted ``version`` is later than ``than`` (numeric parts only)."""
-    return _version_tuple(version) > _version_tuple(than)
+    """Whether ``version`` is a later release than ``than`` (PEP 440); a version string that is not
+    PEP 440 (a hand-edited config) counts as not newer."""
+    try:
+        return Version(str(version)) > Version(str(than))
+    except InvalidVersion:
+        return False

@@ -20,6 +20,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from unflow_zoo.errors import ConfigError
+
 __all__ = [
     "CHECKPOINTS_DIR",
     "REGISTRY_FILE",
@@ -52,9 +54,9 @@ def list_pretrained() -> list[str]:
     return sorted(load_registry())
 
 
-def unknown_name_error(name: str, extra: str = "") -> ValueError:
+def unknown_name_error(name: str, extra: str = "") -> ConfigError:
     names = list_pretrained()
-    return ValueError(
+    return ConfigError(
         f"unknown pretrained flow {name!r}: it is not a file or folder, not a registered name and not in the "
         f"cache{extra}. Available names: {', '.join(names) if names else '(none)'}; or pass a path, an "
         "https:// URL or hf://user/repo"

@@ -13,6 +13,8 @@ References:
 
 from __future__ import annotations
 
+import inspect
+import math
 import shutil
 import tempfile
 import warnings
@@ -20,8 +22,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from unflow_zoo.errors import DataError, UnsafeFileError
 from unflow_zoo.pretrained.format import (
     CONFIG_FILE,
     FORMAT_VERSION,
@@ -37,11 +41,14 @@ from unflow_zoo.pretrained.format import (
 )
 from unflow_zoo.pretrained.preprocessing import attach_standardization, served_state_dict
 
-__all__ = ["data_record", "load_folder", "save_pretrained"]
+__all__ = ["data_record", "datamodule_args", "load_folder", "rebuild_datamodule", "save_pretrained"]
 
-# Only data modules from this package are ever rebuilt from a config: importing a class path
-# named in a downloaded file would run that module's code.
-_TRUSTED_PREFIX = "unflow_zoo."
+# The only data module a config may name: importing a class path named in a downloaded file
+# would run that module's code, and calling an arbitrary package function (a downloader, say)
+# with the file's arguments could write anywhere.
+_DATAMODULE_NAMES = ("unflow_zoo.data.module.DensityDataModule", "DensityDataModule")
+# Where data are read from and written to, and how many processes read them, are the caller's choice.
+CALLER_CHOSEN = ("data_dir", "path", "download", "num_workers")
 
 
 def data_record(datamodule: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -153,6 +160,8 @@ def build_model(config: dict[str, Any], where: Path) -> Any:
     from unflow_zoo.models.registry import get_model_class, list_models
 
     family = config["family"]
+    if not isinstance(family, str):
+        raise FormatError(f"{where / CONFIG_FILE}: 'family' must be a string, got {family!r}")
     try:
         cls = get_model_class(family)
     except ValueError:
@@ -167,9 +176,12 @@ def build_model(config: dict[str, Any], where: Path) -> Any:
             f"{where / CONFIG_FILE}: unknown flow family {family!r}; this unflow-zoo knows "
             f"{', '.join(list_models())}.{hint}"
         ) from None
+    hparams = config["hparams"]
+    if not isinstance(hparams, dict):
+        raise FormatError(f"{where / CONFIG_FILE}: 'hparams' must be a JSON object, got {type(hparams).__name__}")
     try:
-        return cls(**config["hparams"])
-    except TypeError as e:
+        return cls(**hparams)
+    except (TypeError, ValueError) as e:
         raise FormatError(f"{where / CONFIG_FILE}: cannot build {family} from its hparams ({e})") from None
 
 
@@ -191,38 +203,127 @@ def load_folder(folder: str | Path) -> Any:
         raise FormatError(f"{folder} has a {CONFIG_FILE} but no weights file {weights.name}")
     check_sha256(weights, config["weights"]["sha256"])
     model = build_model(config, folder)
-    state = load_file(str(weights), device="cpu")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise FormatError(
-            f"{weights} does not fit a {config['family']} built from {CONFIG_FILE}: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
-        )
-    pre = config.get("preprocessing") or {"kind": "none"}
-    if pre.get("kind") == "standardize":
-        attach_standardization(model, pre["mean"], pre["std"])
-    elif pre.get("kind") != "none":
-        raise FormatError(f"{folder / CONFIG_FILE}: unknown preprocessing {pre.get('kind')!r}; upgrade unflow-zoo")
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise FormatError(f"{weights} is not a readable safetensors file ({e})") from None
+    _load_weights(model, state, weights, str(config["family"]))
+    _attach_preprocessing(model, config.get("preprocessing"), folder / CONFIG_FILE)
     model.pretrained_config = config  # the record it came from: metrics, data, license
     return model.eval()
+
+
+def _load_weights(model: Any, state: dict[str, Any], weights: Path, family: str) -> None:
+    """``state`` into ``model``, every mismatch a :class:`FormatError` naming the tensors."""
+    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+    if missing or unexpected:
+        raise FormatError(
+            f"{weights} does not fit a {family} built from {CONFIG_FILE}: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+    expected = model.state_dict()
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise FormatError(
+                f"{weights}: tensor {key} has shape {tuple(value.shape)}, but the {family} built from "
+                f"{CONFIG_FILE}'s hparams needs {tuple(expected[key].shape)}; the config and the weights do not match"
+            )
+        if value.is_floating_point() and not bool(value.isfinite().all()):
+            raise FormatError(f"{weights}: tensor {key} holds NaN or inf (saved from a diverged run?)")
+    model.load_state_dict(state)
+
+
+def _attach_preprocessing(model: Any, pre: Any, where: Path) -> None:
+    """Check the ``preprocessing`` record and put its standardisation in front of the flow."""
+    pre = pre or {"kind": "none"}
+    if not isinstance(pre, dict):
+        raise FormatError(f"{where}: 'preprocessing' must be a JSON object, got {type(pre).__name__}")
+    kind = pre.get("kind")
+    if kind == "none":
+        return
+    if kind != "standardize":
+        raise FormatError(f"{where}: unknown preprocessing {kind!r}; upgrade unflow-zoo")
+    dim = math.prod(model.event_shape)
+    for key in ("mean", "std"):
+        values = pre.get(key)
+        numbers = isinstance(values, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+        )
+        if not numbers or len(values) != dim:
+            raise FormatError(
+                f"{where}: preprocessing {key!r} must be a list of {dim} numbers (one per coordinate), got {values!r}"
+            )
+    try:
+        attach_standardization(model, pre["mean"], pre["std"])
+    except ValueError as e:
+        raise FormatError(f"{where}: {e}") from None
+
+
+def datamodule_args(init_args: Any, where: str) -> dict[str, Any]:
+    """The init arguments of a recorded data module that a file may choose, checked.
+
+    A config.json or checkpoint names the data its flow was trained on, so that ``evaluate``
+    rebuilds the exact split, but it is not trusted to choose where data is read from or
+    written to: ``data_dir``, ``path``, ``download`` and ``num_workers`` are dropped (the
+    caller passes them), and every other key must be a :class:`DensityDataModule` argument
+    with a plain JSON value. The values' ranges are checked by the data module itself.
+
+    Raises:
+        UnsafeFileError: an unknown argument or a value that is not a JSON scalar.
+    """
+    from unflow_zoo.data import DensityDataModule
+
+    if not isinstance(init_args, dict):
+        raise UnsafeFileError(f"{where}: the data record's init_args must be a mapping, got {type(init_args).__name__}")
+    allowed = set(inspect.signature(DensityDataModule.__init__).parameters) - {"self"}
+    unknown = sorted(str(k) for k in init_args if k not in allowed)
+    if unknown:
+        raise UnsafeFileError(
+            f"{where}: unknown data module argument(s) {', '.join(unknown)}; a recorded data module may only "
+            f"set DensityDataModule's arguments ({', '.join(sorted(allowed))})"
+        )
+    for key, value in init_args.items():
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise UnsafeFileError(f"{where}: data module argument {key}={value!r} is not a plain JSON value")
+    return {k: v for k, v in init_args.items() if k not in CALLER_CHOSEN}
 
 
 def rebuild_datamodule(config: dict[str, Any], **overrides: Any) -> Any:
     """The data module recorded in ``config`` (with ``overrides`` of its init arguments), not yet set up.
 
-    Only classes from the ``unflow_zoo`` package are rebuilt; ``None`` when nothing was recorded.
+    The record names the data module by a fixed vocabulary, never by an import path: only
+    :class:`~unflow_zoo.data.DensityDataModule` is rebuilt, from the arguments
+    :func:`datamodule_args` lets through (where the data live and whether to download them
+    are the caller's ``overrides``, never the file's). ``None`` when nothing was recorded.
+
+    Raises:
+        UnsafeFileError: the record names another class, or arguments outside the vocabulary.
+        DataError: ``dataset="file"`` was recorded but no ``path`` override was given.
     """
-    import importlib
+    from unflow_zoo.data import DensityDataModule
 
     data = config.get("data")
     if not data:
         return None
+    where = "config.json"
+    if not isinstance(data, dict):
+        raise UnsafeFileError(f"{where}: the data record must be a mapping, got {type(data).__name__}")
     class_path = str(data.get("class_path", ""))
-    if not class_path.startswith(_TRUSTED_PREFIX):
-        raise FormatError(
-            f"refusing to import data module {class_path!r} named in a checkpoint: only unflow_zoo classes are "
-            "rebuilt from config.json; build the data module yourself"
+    if class_path not in _DATAMODULE_NAMES:
+        raise UnsafeFileError(
+            f"{where}: refusing to rebuild data module {class_path!r}: a pretrained flow may only name "
+            "DensityDataModule (files never choose code to import); build your data module yourself and pass it"
         )
-    module_name, _, cls_name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(**{**data.get("init_args", {}), **overrides})
+    args = {**datamodule_args(data.get("init_args", {}), where), **overrides}
+    if args.get("dataset") == "file" and not args.get("path"):
+        raise DataError(
+            f"{where}: the flow was trained on the user's own file, which is not shipped with it; "
+            "pass the file as an override (path=..., or --data.path on the command line)"
+        )
+    try:
+        return DensityDataModule(**args)
+    except DataError:
+        raise
+    except (TypeError, ValueError) as e:
+        given = f" with the overrides {', '.join(f'{k}={v!r}' for k, v in overrides.items())}" if overrides else ""
+        raise FormatError(f"{where}: cannot rebuild the recorded data module{given} ({e})") from None

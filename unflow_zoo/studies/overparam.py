@@ -64,6 +64,7 @@ import torch
 from torch import Tensor
 
 from unflow_zoo.data import DensityDataModule
+from unflow_zoo.errors import ConfigError
 from unflow_zoo.studies.ensemble import ConstrainedEnsemble, UnconstrainedEnsemble, _Ensemble
 from unflow_zoo.transforms.monotone import ConstrainedMonotone
 from unflow_zoo.transforms.paper_integral import PaperUnconstrainedTransform
@@ -159,6 +160,38 @@ class StudyConfig:
     device: str = "cpu"
     order: str = "largest-first"
     out: Path | None = None
+
+    def __post_init__(self) -> None:
+        # every name and number is checked before the first (hours-long) job starts
+        for name, values, known in (
+            ("families", self.families, FAMILIES),
+            ("datasets", self.datasets, DATASETS),
+            ("variants", self.variants, VARIANTS),
+        ):
+            unknown = [v for v in values if v not in known]
+            if unknown or not values:
+                raise ConfigError(
+                    f"study overparam: {name} must be a non-empty list from {', '.join(known)}; got {list(values)}"
+                )
+        for family in self.families:
+            widths, epochs = self.widths.get(family), self.epochs.get(family)
+            if widths is not None and (not widths or any(int(w) < 1 for w in widths)):
+                raise ConfigError(f"study overparam: {family} widths must be positive ints, got {list(widths)}")
+            if epochs is not None and int(epochs) < 1:
+                raise ConfigError(f"study overparam: {family} epochs must be >= 1, got {epochs}")
+        if not self.seeds:
+            raise ConfigError("study overparam: give at least one seed")
+        for name in ("batch_size", "n_samples", "eval_batch", "jobs", "threads"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"study overparam: {name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_train", "max_test", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise ConfigError(f"study overparam: {name} must be >= 1 or None, got {value}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"study overparam: test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.order not in ("largest-first", "cheapest-first"):
+            raise ConfigError(f"study overparam: order must be largest-first or cheapest-first, got {self.order!r}")
 
     def widths_for(self, family: str) -> tuple[int, ...]:
         w = self.widths.get(family)
@@ -270,7 +303,9 @@ def member_transform(family: str, width: int, features: int, seed: int, lower: T
         )  # fmt: skip
     else:
         raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
-    transforms = [m for m in model.flow.transform.modules() if isinstance(m, (ConstrainedMonotone, PaperUnconstrainedTransform))]
+    transforms = [
+        m for m in model.flow.transform.modules() if isinstance(m, (ConstrainedMonotone, PaperUnconstrainedTransform))
+    ]
     if len(transforms) != 1:
         raise RuntimeError(f"expected one {family} transform in the model, found {len(transforms)}")
     return transforms[0]
@@ -527,7 +562,9 @@ def _run_local(todo: list[Job], config: StudyConfig, say: Callable[[str], None])
     if not todo:
         return
     costs = {j.key: job_cost(j, config) for j in todo}
-    bar = tqdm(total=sum(costs.values()), unit="", bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}]")
+    bar = tqdm(
+        total=sum(costs.values()), unit="", bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}]"
+    )
     done_frac: dict[str, float] = {}
 
     def advance(key: str, frac: float) -> None:

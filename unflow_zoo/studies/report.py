@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from unflow_zoo.plots import new_figure
+
 __all__ = ["final_rows", "make_figures", "summary_table", "width_effects", "with_reference", "write_report"]
 
 Row = dict[str, Any]
@@ -173,16 +175,6 @@ def effects_table(effects: Sequence[dict[str, Any]]) -> str:
 # ----- figures ----------------------------------------------------------------------------------
 
 
-def _figure(figsize: tuple[float, float], ncols: int = 1, nrows: int = 1) -> tuple[Any, Any]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    return fig, axes
-
-
 def _mean_curve(rows: Sequence[Row], key: str) -> tuple[list[int], list[float], list[float]]:
     by_epoch: dict[int, list[float]] = defaultdict(list)
     for r in rows:
@@ -221,7 +213,7 @@ def make_figures(rows: Sequence[Row], out: str | os.PathLike[str], dpi: int = 90
             if not sub:
                 continue
             widths = sorted({r["width"] for r in sub})
-            fig, ax = _figure((5.6, 3.8))
+            fig, ax = new_figure((5.6, 3.8))
             ax = ax[0, 0]
             cmap = mpl.colormaps["viridis"]
             for i, w in enumerate(widths):
@@ -249,7 +241,7 @@ def make_figures(rows: Sequence[Row], out: str | os.PathLike[str], dpi: int = 90
             fig.savefig(path, dpi=dpi)
             paths.append(path)
     cells = _cells(rows)
-    fig, axes = _figure((2.8 * len(datasets), 3.0), ncols=len(datasets))
+    fig, axes = new_figure((2.8 * len(datasets), 3.0), ncols=len(datasets))
     for j, data in enumerate(datasets):
         ax = axes[0, j]
         for i, family in enumerate(families):
@@ -270,7 +262,7 @@ def make_figures(rows: Sequence[Row], out: str | os.PathLike[str], dpi: int = 90
     path = out / "final_nll_vs_width.png"
     fig.savefig(path, dpi=dpi)
     paths.append(path)
-    fig, axes = _figure((2.8 * len(datasets), 5.2), ncols=len(datasets), nrows=2)
+    fig, axes = new_figure((2.8 * len(datasets), 5.2), ncols=len(datasets), nrows=2)
     for j, data in enumerate(datasets):
         for row, (key, label) in enumerate((("move_W", "‖W_T − W_0‖"), ("rel_move_W", "‖W_T − W_0‖ / ‖W_0‖"))):
             ax = axes[row, j]
@@ -293,7 +285,7 @@ def make_figures(rows: Sequence[Row], out: str | os.PathLike[str], dpi: int = 90
     paths.append(path)
     matched = [d for d in datasets if any(k[:3] == ("unconstrained", "matched", d) for k in cells)]
     if matched:
-        fig, axes = _figure((2.8 * len(matched), 3.0), ncols=len(matched))
+        fig, axes = new_figure((2.8 * len(matched), 3.0), ncols=len(matched))
         for j, data in enumerate(matched):
             ax = axes[0, j]
             for i, variant in enumerate(("paper", "matched")):

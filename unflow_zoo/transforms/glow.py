@@ -31,6 +31,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -119,7 +120,7 @@ class ActNorm(Transform):
         return p.view(1, -1, *([1] * (x.ndim - 2)))
 
     def _ladj(self, x: Tensor) -> Tensor:
-        pixels = x[0, 0].numel()  # H * W for images, 1 for vectors
+        pixels = math.prod(x.shape[2:])  # H * W for images, 1 for vectors (also for an empty batch)
         return (pixels * self.log_scale.sum()).to(_log_dtype(x)).expand(x.shape[0])
 
     @torch.no_grad()
@@ -135,7 +136,7 @@ class ActNorm(Transform):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(x)
-        if self.training and not bool(self.initialized):
+        if self.training and not bool(self.initialized) and x.shape[0] > 0:  # an empty batch has no statistics
             self.initialize_(x)
         y = (x + self._view(self.bias, x)) * torch.exp(self._view(self.log_scale, x))
         return y, self._ladj(x)

@@ -47,7 +47,6 @@ References:
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -58,6 +57,12 @@ from torch.autograd.function import once_differentiable
 from unflow_zoo.core.transform import InputOutsideDomain, Transform
 from unflow_zoo.nn.integrand import Integrand, PaperInit, PaperIntegrand, make_integrand
 from unflow_zoo.nn.made import MADE
+from unflow_zoo.transforms.bisection import (
+    check_finite_target,
+    raise_inverse_error,
+    residual_tolerance,
+    resolution_fix,
+)
 from unflow_zoo.transforms.positive import PHI_NAMES, PhiName, d_positive, log_positive, positive
 from unflow_zoo.transforms.quadrature import Quadrature, QuadratureRule
 from unflow_zoo.transforms.relu_integral import relu_net_integral_and_value
@@ -75,6 +80,12 @@ __all__ = [
 
 # Integrand points per block: (points, 64) float32 activations of 2 MiB, about one L2.
 DEFAULT_CHUNK = 8192
+
+# How much of 1 + |y| the rounding of UMNN's own sum Q + beta may take before its inverse is refused:
+# an untrained or barely trained flow's samples in the base's tails reach a few percent (measured:
+# 3% at z = 7 after 30 Adam steps), which only blurs those samples; the far-out points a solver
+# gets wrong (an offset of 1e11 cancelling the integral) are off by orders of magnitude more.
+_CANCELLATION_LIMIT = 0.1
 
 
 def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
@@ -264,8 +275,13 @@ def solve_monotone(
     max_iter: int = 200,
     owner: str = "transform",
     stacklevel: int = 2,
+    scale: Tensor | None = None,
+    rtol: float | None = None,
+    onto: bool = False,
+    check: bool = True,
+    floor: Tensor | None = None,
 ) -> Tensor:
-    r"""Solve :math:`Q(x) = \text{target}` elementwise for an increasing :math:`Q` (rtsafe, vectorised).
+    r"""Solve :math:`Q(x) = \text{target}` elementwise for an increasing :math:`Q` (rtsafe, vectorised), checked.
 
     ``value_and_slope(x, idx)`` returns :math:`Q(x)` and a slope :math:`g(x) > 0` for
     the 1-D points ``x`` of the still active elements ``idx`` (indices into
@@ -273,70 +289,134 @@ def solve_monotone(
     gathered with ``idx``. Starting from ``start``, while an element has a bound on
     one side only it steps towards the root by the larger of the Newton step and a
     reach that doubles every time; once bracketed, it takes Newton steps that stay
-    inside the bracket and shrink fast enough, and bisects otherwise. Converged
-    elements (step or bracket below ``tol``, or a few ulps of :math:`x`) leave the
-    active set. An element still unbracketed after ``max_iter`` iterations lies
-    outside the image: :class:`InputOutsideDomain`; one bracketed but not converged
-    gives a ``RuntimeWarning`` (``stacklevel`` counted from this function). Runs in
-    the dtype of ``target``; callers disable autocast.
+    inside the bracket and shrink fast enough, and bisects otherwise.
+
+    An element is done when its Newton step (or, once bracketed, its step or bracket)
+    is below ``tol`` (or a few ulps of :math:`x`) *and* its residual passes:
+    :math:`|Q(x) - \text{target}|` at most
+    :func:`~unflow_zoo.transforms.bisection.residual_tolerance` of ``scale`` (default
+    ``target``), with ``rtol`` defaulting to :math:`\sqrt{\varepsilon}` of the dtype of
+    ``target``. The residual at the returned Newton iterate is estimated from the last
+    evaluation, :math:`|f| + g\,|\Delta x|` (first order; no extra evaluation), and
+    must pass with a margin of 8, since :math:`g` can differ from :math:`Q'` (a coarse
+    quadrature far from :math:`x_0`) and the caller's forward pass rounds differently.
+    An element whose next point rounds onto an end of its bracket (the bracket is down
+    to an ulp or two, or the step no longer moves :math:`x`) cannot improve: it returns
+    the end of its bracket that maps closest to the target (an evaluated point, so its
+    residual is exact).
+
+    Errors, instead of a wrong point (with ``check``, the default):
+
+    - a non-finite target: :class:`~unflow_zoo.errors.InputOutsideDomain`;
+    - an element still unbracketed after ``max_iter`` iterations: outside the image,
+      :class:`~unflow_zoo.errors.InputOutsideDomain`, unless ``onto`` (the caller knows
+      :math:`Q` maps onto :math:`\mathbb R`), then :class:`~unflow_zoo.errors.InverseError`
+      (the iteration budget ran out);
+    - a residual above the tolerance, at the iteration cap or where the working
+      precision cannot resolve :math:`x` (a target far outside the range the flow was
+      trained on, in float32): :class:`~unflow_zoo.errors.InverseError`, naming the
+      number of failed points, the worst residual, its target and the fix.
+
+    ``floor`` (elementwise) raises the tolerance where the caller knows its map cannot be
+    evaluated more accurately (the rounding of its own terms).
+
+    Runs in the dtype of ``target``; callers disable autocast. ``stacklevel`` is
+    accepted for compatibility and unused (the solver no longer warns).
 
     References:
         Press et al., "Numerical Recipes", 3rd ed., 2007, Section 9.4 (``rtsafe``).
     """
+    del stacklevel
+    if check:
+        check_finite_target(target, owner)
     n = target.shape[0]
     tiny = torch.finfo(target.dtype).eps
+    ftol = residual_tolerance(target if scale is None else scale, rtol, dtype=target.dtype)
+    if floor is not None:
+        ftol = torch.maximum(ftol, floor.to(ftol.dtype))
+    if not check:
+        ftol = torch.full_like(target, math.inf)
     half_tol = 0.5 * tol
-    x = start.clone()
-    lo = torch.full_like(target, -math.inf)
-    hi = torch.full_like(target, math.inf)
-    dx = torch.full_like(target, math.inf)
-    dx_old = torch.full_like(target, math.inf)
-    reach = torch.full_like(target, 1e-2)
+    inf = math.inf
+    # One (n, 11) state, so that each iteration gathers and scatters the active rows once:
+    # x, bracket ends, residuals at the ends (evaluated points), the last two steps, the reach
+    # of a one-sided step, the residual of the point returned, its tolerance, the target.
+    col = [start.to(target.dtype), -inf, inf, inf, inf, inf, inf, 1e-2, inf, ftol, target]
+    state = torch.stack([torch.as_tensor(c, dtype=target.dtype, device=target.device).expand(n) for c in col], 1)
     active = torch.ones(n, dtype=torch.bool, device=target.device)
     idx = torch.arange(n, device=target.device)
     for _ in range(max_iter):
-        xa = x[idx]
+        xa, lo_i, hi_i, r_lo_i, r_hi_i, dx_i, dx_old_i, r, _, ftol_i, target_i = state[idx].unbind(1)
         val, slope = value_and_slope(xa, idx)
-        f = val - target[idx]
-        lo_a = torch.where(f <= 0, xa, lo[idx])
-        hi_a = torch.where(f >= 0, xa, hi[idx])
+        f = val - target_i
+        below, above = f <= 0, f >= 0
+        lo_a = torch.where(below, xa, lo_i)
+        hi_a = torch.where(above, xa, hi_i)
+        r_lo_a = torch.where(below, -f, r_lo_i)
+        r_hi_a = torch.where(above, f, r_hi_i)
         newton = xa - f / slope
+        newton_step = (newton - xa).abs()
         bracketed = torch.isfinite(lo_a) & torch.isfinite(hi_a)
         # rtsafe: bisect when Newton leaves the bracket or does not halve the step before last
-        bad = ~((newton > lo_a) & (newton < hi_a)) | ((2 * f).abs() > (dx_old[idx] * slope).abs())
+        bad = ~((newton > lo_a) & (newton < hi_a)) | ((2 * f).abs() > (dx_old_i * slope).abs())
         inside = torch.where(bad, 0.5 * (lo_a + hi_a), newton)
         # one-sided: g > 0, so the Newton step points at the root; go at least `reach`
-        r = reach[idx]
-        step = torch.fmax((newton - xa).abs(), r)
+        step = torch.fmax(newton_step, r)
         step = torch.where(torch.isfinite(step), step, r)
         outside = torch.where(f < 0, xa + step, xa - step)
         x_new = torch.where(bracketed, inside, outside)
         dx_a = x_new - xa
-        x[idx], lo[idx], hi[idx] = x_new, lo_a, hi_a
-        dx_old[idx], dx[idx] = dx[idx], dx_a
-        reach[idx] = torch.where(bracketed, r, 2 * step)
+        width = hi_a - lo_a
         tol_a = half_tol + 4 * tiny * x_new.abs()
-        done = (f == 0) | (bracketed & ((dx_a.abs() <= tol_a) | (hi_a - lo_a <= tol_a)))
-        done &= torch.isfinite(x_new)
+        # A Newton step below the tolerance finishes an element at once, bracketed or not (a point
+        # landed on the root in its first steps need not wait for a bracket, then bisect back to it)
+        zero = f == 0
+        tiny_step = zero | ((newton_step <= tol_a) & torch.isfinite(newton))
+        x_done = torch.where(zero, xa, torch.where(tiny_step, newton, x_new))
+        converged = tiny_step | (bracketed & ((dx_a.abs() <= tol_a) | (width <= tol_a)))
+        # first-order estimate of the residual at the point returned, with a margin of 8: the slope g can
+        # differ from the derivative of Q (a coarse quadrature far from x0), and forward() rounds differently
+        estimate = f.abs() + (slope * (x_done - xa)).abs()
+        ok = converged & (8 * estimate <= ftol_i) & torch.isfinite(x_done)
+        # x cannot move any more at this precision (the next point rounds onto an end of the bracket, one of
+        # which is xa): keep the better end, an evaluated point
+        frozen = bracketed & ~ok & ((x_new == lo_a) | (x_new == hi_a))
+        x_a = torch.where(ok, x_done, x_new)
+        if bool(frozen.any()):
+            take_hi = r_hi_a < r_lo_a
+            x_a = torch.where(frozen, torch.where(take_hi, hi_a, lo_a), x_a)
+            estimate = torch.where(frozen, torch.where(take_hi, r_hi_a, r_lo_a), estimate)
+        reach = torch.where(bracketed, r, 2 * step)
+        state[idx] = torch.stack([x_a, lo_a, hi_a, r_lo_a, r_hi_a, dx_a, dx_i, reach, estimate, ftol_i, target_i], 1)
+        done = ok | frozen
         if bool(done.all()):
             active[idx] = False
             break
         active[idx[done]] = False
         idx = idx[~done]
+    x, lo, hi, r_lo, r_hi, residual = (state[:, k] for k in (0, 1, 2, 3, 4, 8))
     if bool(active.any()):
         unbracketed = active & ~(torch.isfinite(lo) & torch.isfinite(hi))
-        if bool(unbracketed.any()):
+        if bool(unbracketed.any()) and not onto:
             raise InputOutsideDomain(
                 f"{int(unbracketed.sum())} value(s) such as {float(target[unbracketed][0]):.4g} lie outside the "
                 f"image of {owner} (no bracket after {max_iter} iterations); with "
-                "min_slope=0 the image can be bounded, set min_slope > 0 to make it all of R"
+                "min_slope=0 the image can be bounded, set min_slope > 0 to make it all of R "
+                "(or, if the value is in the image, raise max_iter)"
             )
-        warnings.warn(
-            f"{owner}.inverse: {int(active.sum())} value(s) did not reach the tolerance "
-            f"{tol:g} in {max_iter} iterations; raise max_iter",
-            RuntimeWarning,
-            stacklevel=stacklevel,
-        )
+        # out of iterations: return the evaluated point that maps closest (its residual is exact)
+        take_hi = r_hi < r_lo
+        x = torch.where(active, torch.where(take_hi, hi, lo), x)
+        residual = torch.where(active, torch.fmin(r_lo, r_hi), residual)
+    if check:
+        fails = ~(residual <= ftol)
+        fix = resolution_fix(target.dtype)
+        if bool((fails & active).any()):
+            fix = (
+                f"The solver ran out of iterations (max_iter={max_iter}) before it converged: raise max_iter. "
+                + resolution_fix(target.dtype)
+            )
+        raise_inverse_error(residual, target if scale is None else scale, ftol, owner=owner, fix=fix)
     return x
 
 
@@ -382,9 +462,23 @@ class UnconstrainedMonotoneTransform(Transform):
     it contains the root. It solves :math:`Q(x) = y` for the same quadrature
     :math:`Q` as the forward pass, to an absolute tolerance ``inverse_tol`` in
     :math:`x` (default ``1e-6``; below float32 resolution, i.e. :math:`|x| \gtrsim 8`,
-    it stops at a few ulps of :math:`x`). It raises :class:`InputOutsideDomain` for
-    a value outside the image (only possible with ``min_slope=0``). The inverse runs
-    without autograd: train by maximum likelihood through :meth:`forward`.
+    it stops at a few ulps of :math:`x`) and to a residual :math:`|f_i(x) - y_i|` of at
+    most :func:`~unflow_zoo.transforms.bisection.residual_tolerance` of :math:`y_i`,
+    :math:`\sqrt{\varepsilon}(1 + |y_i|)` (3.5e-4 relative in float32, 1.5e-8 in
+    float64; estimated from the solver's last Newton evaluation of :math:`Q + \beta`, so
+    no extra pass is needed). :meth:`forward` rounds :math:`Q + \beta` a few ulps of its
+    terms differently from the solver (other batch shapes, other kernels): a point where
+    that rounding alone, :math:`4\varepsilon(|Q| + |\beta|)`, exceeds half the tolerance
+    (an offset :math:`|\beta| \gtrsim 700\,(1 + |y_i|)` in float32) cannot be certified
+    and raises before solving. A point that fails raises
+    :class:`~unflow_zoo.errors.InverseError` instead of being returned: the iteration
+    cap ``max_iter`` ran out, or the target lies so far outside the range the flow was
+    trained on that the working precision cannot resolve :math:`x` (e.g.
+    :math:`y = (10^6, 0)` through a 2-D UMNN-MAF: the second coordinate is then
+    conditioned on :math:`|x_1| \sim 10^8`, where its slope and offset are huge). It
+    raises :class:`InputOutsideDomain` for a NaN or inf, and for a value outside the
+    image (only possible with ``min_slope=0``). The inverse runs without autograd: train
+    by maximum likelihood through :meth:`forward`.
 
     Mixed precision: only the MADE conditioner follows autocast (bfloat16/float16
     matmuls); its output is cast to the input's dtype, and the integrand, the
@@ -567,6 +661,7 @@ class UnconstrainedMonotoneTransform(Transform):
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(y)
+        check_finite_target(y, type(self).__name__)
         with torch.no_grad():
             tensors = self.integrand.path_tensors()
             if isinstance(self.conditioner, MADE):
@@ -576,15 +671,14 @@ class UnconstrainedMonotoneTransform(Transform):
                 # one MADE pass per coordinate; Newton iterations reuse its output.
                 for i in self.order.tolist():
                     c, beta = self._conditioning(x, context)
-                    target = y[:, i] - beta[:, i] if beta is not None else y[:, i]
-                    x[:, i] = self._solve(c[:, i], target, tensors)
+                    x[:, i] = self._solve(c[:, i], y[:, i], beta[:, i] if beta is not None else None, tensors, i)
                     cs[i] = c[:, i]
                 c_all = torch.stack(cs, dim=1)
             else:
                 # Constant conditioner: every coordinate is independent, solve them all at once.
                 c_all, beta = self._conditioning(y, context)
-                target = y - beta if beta is not None else y
-                x = self._solve(c_all.reshape(-1, c_all.shape[-1]), target.reshape(-1), tensors).reshape(y.shape)
+                flat_c, flat_beta = c_all.reshape(-1, c_all.shape[-1]), beta.reshape(-1) if beta is not None else None
+                x = self._solve(flat_c, y.reshape(-1), flat_beta, tensors, None).reshape(y.shape)
             with torch.autocast(device_type=y.device.type, enabled=False):
                 n_x = self.integrand.evaluate(c_all, x.unsqueeze(-1), tensors).squeeze(-1)
                 ladj = -log_positive(n_x, self.phi, self.min_slope).sum(dim=-1)
@@ -592,7 +686,7 @@ class UnconstrainedMonotoneTransform(Transform):
 
     # ----- the numerical inverse ----------------------------------------------------------
     def _value_and_slope(self, x: Tensor, c: Tensor, tensors: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        """``Q(x) - beta`` and ``g(x)`` for 1-D ``x``, ``c`` of shape (n, H): one call on K + 1 points."""
+        """``Q(x)`` and ``g(x)`` for 1-D ``x``, ``c`` of shape (n, H): one call on K + 1 points."""
         q = self.quadrature
         x0 = self.lower
         if self._relu_quadrature:
@@ -609,23 +703,55 @@ class UnconstrainedMonotoneTransform(Transform):
         g = positive(self.integrand.evaluate(c, pts, tensors), self.phi, self.min_slope)
         return d * (g[:, :-1] @ q.weights), g[:, -1]
 
-    def _solve(self, c: Tensor, target: Tensor, tensors: Sequence[Tensor]) -> Tensor:
-        r"""Solve :math:`Q(x) = \text{target}` elementwise with :func:`solve_monotone` (rtsafe, vectorised).
+    def _solve(
+        self, c: Tensor, y: Tensor, beta: Tensor | None, tensors: Sequence[Tensor], coordinate: int | None
+    ) -> Tensor:
+        r"""Solve :math:`Q(x) + \beta = y` elementwise with :func:`solve_monotone` (rtsafe, vectorised).
 
+        The solver works on :math:`Q + \beta`, exactly the sum :meth:`forward` returns, so its residual
+        is the forward's: solving :math:`Q(x) = y - \beta` instead would hide the rounding of that
+        difference, which is huge where :math:`|\beta| \gg |y|` (far outside the training range).
         Runs with autocast disabled (a low-precision integrand would stall Newton at ~1e-3).
         """
-        with torch.autocast(device_type=target.device.type, enabled=False):
-            return self._solve_full_precision(c, target, tensors)
+        with torch.autocast(device_type=y.device.type, enabled=False):
+            return self._solve_full_precision(c, y, beta, tensors, coordinate)
 
-    def _solve_full_precision(self, c: Tensor, target: Tensor, tensors: Sequence[Tensor]) -> Tensor:
+    def _solve_full_precision(
+        self, c: Tensor, y: Tensor, beta: Tensor | None, tensors: Sequence[Tensor], coordinate: int | None
+    ) -> Tensor:
+        owner = type(self).__name__ if coordinate is None else f"{type(self).__name__} (coordinate {coordinate})"
+        floor = None
+        if beta is not None:
+            # y = Q(x) + beta: where |beta| dwarfs y (far out: an offset of 1e15 cancelling an integral
+            # of -1e15), forward() itself rounds y by that much, and differently from one batch to
+            # the next. Up to 10% of 1 + |y| (moderate cancellation, common in an untrained flow's
+            # samples) the returned point is as exact as forward() can tell, and the tolerance
+            # widens to twice that rounding; beyond it no x can be certified, so say so before solving.
+            rounding = 4 * torch.finfo(y.dtype).eps * ((y - beta).abs() + beta.abs())
+            floor = 2 * rounding
+            raise_inverse_error(
+                rounding,
+                y,
+                _CANCELLATION_LIMIT * (1.0 + y.abs()),
+                owner=owner,
+                measure="attainable residual (the rounding of f = Q + beta at the preimage, 4 ulps of each)",
+                fix="The offset beta the conditioner computes there is so large that forward() cannot resolve y "
+                "in this dtype. " + resolution_fix(y.dtype),
+            )
+
+        def value_and_slope(x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+            val, slope = self._value_and_slope(x, c[idx], tensors)
+            return (val + beta[idx] if beta is not None else val), slope
+
         return solve_monotone(
-            lambda x, idx: self._value_and_slope(x, c[idx], tensors),
-            target,
-            self.lower + target,  # the identity map: where an untrained flow starts
+            value_and_slope,
+            y,
+            self.lower + (y - beta if beta is not None else y),  # the identity map: where an untrained flow starts
             tol=self.inverse_tol,
             max_iter=self.max_iter,
-            owner=type(self).__name__,
-            stacklevel=4,  # point at the line in inverse(): solve_monotone, this method, _solve, inverse
+            owner=owner,
+            onto=self.min_slope > 0,
+            floor=floor,
         )
 
     def extra_repr(self) -> str:

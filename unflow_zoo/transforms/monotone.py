@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unflow_zoo.core.transform import InputOutsideDomain, Transform
-from unflow_zoo.transforms.bisection import solve_increasing
+from unflow_zoo.transforms.bisection import check_round_trip, solve_increasing
 from unflow_zoo.transforms.tanh_sum import tanh_sum
 
 __all__ = [
@@ -168,8 +168,17 @@ class ConstrainedMonotone(Transform):
     is grown by doubling from ``[-1, 1]``; bisection then runs until every
     interval is one ulp wide (at most ``max_bisection_iters``), i.e. the
     inverse is exact to the working precision (about 1e-15 relative in
-    float64, 1e-7 in float32). The inverse is not differentiable with respect
-    to the parameters.
+    float64, 1e-7 in float32). The residual :math:`|f(x) - y|` of every
+    coordinate is then checked against
+    :func:`~unflow_zoo.transforms.bisection.residual_tolerance`
+    (:math:`\sqrt{\varepsilon}(1 + |y|)`: 3.5e-4 relative in float32, 1.5e-8
+    in float64), first from the bisection's last evaluations, then from the
+    forward pass that gives the inverse its log-determinant: a point that does
+    not map back, e.g. far outside the training range where float32 cannot
+    resolve :math:`x`, or with too small an iteration cap, raises
+    :class:`~unflow_zoo.errors.InverseError` instead of being returned. A
+    non-finite ``y`` raises :class:`~unflow_zoo.core.InputOutsideDomain`. The
+    inverse is not differentiable with respect to the parameters.
 
     Args:
         features: D.
@@ -380,7 +389,7 @@ class ConstrainedMonotone(Transform):
             z = torch.einsum("bik,ijk->bij", h, w) + self.b[k]
             if self.autoregressive:
                 lower = self.w_lower[k] * self._mask(k)
-                z = z + (h.reshape(batch, -1) @ lower.T).view(batch, d, m)
+                z = z + (h.reshape(batch, d * h.shape[-1]) @ lower.T).view(batch, d, m)
             if with_logdet:
                 log_w = torch.log(w)
                 if log_dh is None:
@@ -393,7 +402,7 @@ class ConstrainedMonotone(Transform):
         y = (h * a).sum(-1)
         if self.autoregressive:
             assert self.a_lower is not None
-            y = y + h.reshape(batch, -1) @ (self.a_lower * self._mask_out).T
+            y = y + h.reshape(batch, d * m) @ (self.a_lower * self._mask_out).T
         log_dy = None
         if with_logdet:
             assert log_dh is not None
@@ -485,6 +494,7 @@ class ConstrainedMonotone(Transform):
             error=f"could not bracket the inverse of coordinate {i}: the target lies at the edge of "
             "the bounded image of the constrained map (linear_term=0); use linear_term > 0 "
             "for a map onto R^D",
+            owner=f"{type(self).__name__} (coordinate {i})",
         )
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -506,7 +516,8 @@ class ConstrainedMonotone(Transform):
                             "no preimage; build the transform with linear_term > 0 to invert any point"
                         )
                 x[:, i] = self._solve_coordinate(x, y[:, i], i)
-        _, ladj = self(x)
+        y_back, ladj = self(x)  # the log-determinant, and the residual check of the whole point, in one pass
+        check_round_trip(y_back, y, owner=type(self).__name__)
         return x, -ladj
 
     def extra_repr(self) -> str:

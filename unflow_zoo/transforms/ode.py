@@ -27,6 +27,8 @@ from torchdiffeq import odeint, odeint_adjoint
 from torchdiffeq._impl.odeint import SOLVERS  # the installed version's own table of method names
 
 from unflow_zoo.core.transform import Transform
+from unflow_zoo.errors import DataError, InputOutsideDomain, InverseError
+from unflow_zoo.transforms.bisection import raise_inverse_error, residual_tolerance
 
 __all__ = ["ConcatSquashConv2d", "ConcatSquashLinear", "ODENet", "ODETransform", "ode_activation"]
 
@@ -35,6 +37,10 @@ NoiseName = Literal["gaussian", "rademacher"]
 
 # Fixed-grid solvers take a step size; the others adapt it to atol/rtol.
 FIXED_STEP_SOLVERS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
+
+#: ``check_inverse`` accepts ``|forward(x) - y| <= sqrt(eps) (1 + |y|) + INVERSE_CHECK_FACTOR (atol + rtol |y|)``:
+#: the global error of two adaptive solves (backwards, then forwards) is a modest multiple of their local tolerance.
+INVERSE_CHECK_FACTOR = 100.0
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "softplus": nn.Softplus,
@@ -265,6 +271,21 @@ class ODETransform(Transform):
     float64) and autocast is disabled inside the solve: the trace is a difference of
     large numbers, and adaptive step control needs the precision.
 
+    **Checking the inverse** (opt-in, ``check_inverse=True``): the backward solve has no
+    residual of its own, and checking it costs a forward solve of :math:`z` alone (no
+    trace, but still about half the inverse's own time in 2-D), so it is off by default.
+    When on, :meth:`inverse` integrates its result forwards again and raises
+    :class:`~unflow_zoo.errors.InverseError` where
+    :math:`|f(x) - y| > \sqrt{\varepsilon}(1 + |y|) + 100\,(\text{atol} + \text{rtol}\,|y|)`
+    (:data:`INVERSE_CHECK_FACTOR`; :math:`\varepsilon` of the solve's dtype, float32 under
+    autocast), e.g. for a target far outside the range the flow was trained on, where
+    the dynamics are stiff. Without it, a solver failure still raises:
+    a NaN or inf input raises :class:`~unflow_zoo.errors.InputOutsideDomain`, and a
+    step size that underflows (torchdiffeq's ``AssertionError``) raises
+    :class:`~unflow_zoo.errors.InverseError` from :meth:`inverse` and
+    :class:`~unflow_zoo.errors.DataError` from :meth:`forward`. An empty batch returns
+    empty outputs without solving.
+
     Args:
         net: the dynamics, ``net(t, z) -> dz/dt`` with ``t`` a 0-d tensor (e.g. :class:`ODENet`).
         features: :math:`D`, the number of numbers in one event (for the trace choice).
@@ -275,6 +296,7 @@ class ODETransform(Transform):
         adjoint: use ``odeint_adjoint`` (memory O(1) in the number of steps).
         trace, exact_trace_max_dim, noise: the trace estimator, see above.
         regularize: integrate the RNODE energies during training forward solves.
+        check_inverse: verify every inverse by a forward solve (see above).
 
     References:
         Chen, Rubanova, Bettencourt & Duvenaud, "Neural Ordinary Differential
@@ -304,6 +326,7 @@ class ODETransform(Transform):
         exact_trace_max_dim: int = 8,
         noise: NoiseName = "gaussian",
         regularize: bool = False,
+        check_inverse: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("solver", solver), ("train_solver", train_solver)):
@@ -342,6 +365,7 @@ class ODETransform(Transform):
         self.adjoint = adjoint
         self.trace, self.exact_trace_max_dim, self.noise = trace, int(exact_trace_max_dim), noise
         self.regularize = regularize
+        self.check_inverse = bool(check_inverse)
         # what the last solve did (diagnostics; not part of the state dict)
         self.last_trace_estimator: str | None = None
         self.kinetic_energy: Tensor | None = None
@@ -383,19 +407,45 @@ class ODETransform(Transform):
     def _solve(self, x: Tensor, context: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor]:
         if context is not None:
             raise ValueError("ODETransform is unconditional; got a context tensor. Pass context=None")
-        if x.ndim < 2 or x[0].numel() != self.features:
+        if x.ndim < 2 or math.prod(x.shape[1:]) != self.features:
             raise ValueError(
                 f"ODETransform over {self.features} features expected a batch (B, ...) with {self.features} "
                 f"numbers per event, got shape {tuple(x.shape)}"
             )
         # float32 at least, whatever autocast or a bf16 input would make of it
         dtype = x.dtype if x.dtype == torch.float64 else torch.float32
+        if x.shape[0] == 0:  # nothing to integrate (an adaptive solver's error norm of no numbers is NaN)
+            return x.to(dtype).clone(), x.new_zeros(0, dtype=dtype)
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            k = tuple(int(i) for i in (~finite).nonzero()[0])
+            raise InputOutsideDomain(
+                f"ODETransform.{'inverse' if reverse else 'forward'} got {int((~finite).sum())} non-finite "
+                f"value(s), e.g. {float(x[k])} at index {list(k)}: the ODE is defined on finite points only"
+            )
         # Lightning evaluates under inference mode, where no autograd runs at all; the trace needs
         # a backward pass through f, so step out of it (without building a graph: grad stays off)
         # and work on a normal copy of the inference-mode input.
         inference = torch.is_inference_mode_enabled()
-        with torch.inference_mode(False), torch.set_grad_enabled(torch.is_grad_enabled() and not inference):
-            return self._solve_fp(x.to(dtype).clone() if inference else x.to(dtype), reverse)
+        # read before leaving inference mode: inference_mode(False) switches grad mode back on
+        grad = torch.is_grad_enabled() and not inference
+        with torch.inference_mode(False), torch.set_grad_enabled(grad):
+            try:
+                return self._solve_fp(x.to(dtype).clone() if inference else x.to(dtype), reverse)
+            except AssertionError as err:  # torchdiffeq: "underflow in dt ..."
+                if "underflow" not in str(err):
+                    raise
+                raise self._solver_failure(reverse, err) from err
+
+    def _solver_failure(self, reverse: bool, err: AssertionError) -> DataError | InverseError:
+        what = "inverse (the ODE solved backwards)" if reverse else "forward"
+        msg = (
+            f"ODETransform.{what}: the {self.solver if not self.training else self.train_solver} solver's step "
+            f"size underflowed ({err}): the dynamics are too stiff or blow up along these points, which "
+            "usually lie far outside the range the flow was trained on; check the input, loosen atol/rtol "
+            "or run in float64"
+        )
+        return InverseError(msg) if reverse else DataError(msg)
 
     def _solve_fp(self, z0: Tensor, reverse: bool) -> tuple[Tensor, Tensor]:
         with torch.autocast(device_type=z0.device.type, enabled=False):
@@ -426,7 +476,42 @@ class ODETransform(Transform):
         return self._solve(x, context, reverse=False)
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._solve(y, context, reverse=True)
+        x, ladj = self._solve(y, context, reverse=True)
+        if self.check_inverse and x.shape[0] > 0:
+            self._check_inverse(x, y)
+        return x, ladj
+
+    def _check_inverse(self, x: Tensor, y: Tensor) -> None:
+        """Integrate ``x`` forwards (``z`` only, no trace, no graph) and raise InverseError where it misses ``y``."""
+        # inference_mode(False) first: entering it turns grad mode back on, no_grad then turns it off
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+            z0 = x.detach().clone()
+            end = self.end_time.detach().to(z0.dtype)
+
+            def field(s: Tensor, z: Tensor) -> Tensor:
+                return end * self.net(s.to(z.dtype) * end, z)
+
+            s = torch.tensor([0.0, 1.0], dtype=z0.dtype, device=z0.device)
+            method = self.train_solver if self.training else self.solver
+            options = {"step_size": self.train_step_size} if method in FIXED_STEP_SOLVERS else None
+            try:
+                z = odeint(field, z0, s, rtol=self.rtol, atol=self.atol, method=method, options=options)[-1]
+            except AssertionError as err:
+                if "underflow" not in str(err):
+                    raise
+                raise self._solver_failure(True, err) from err
+        target = y.detach().to(z.dtype)
+        tol = residual_tolerance(target, dtype=z.dtype) + INVERSE_CHECK_FACTOR * (self.atol + self.rtol * target.abs())
+        raise_inverse_error(
+            (z - target).abs(),
+            target,
+            tol,
+            owner="ODETransform",
+            fix=(
+                "The backward ODE solve did not land on a preimage: the point probably lies far outside the "
+                "range the flow was trained on, where the dynamics are stiff; tighten atol/rtol, or run in float64."
+            ),
+        )
 
     def extra_repr(self) -> str:
         return (

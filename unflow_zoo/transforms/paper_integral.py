@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from unflow_zoo.core.transform import Transform
 from unflow_zoo.nn.integrand import PaperInit
+from unflow_zoo.transforms.bisection import check_finite_target, check_round_trip, far_rows
 from unflow_zoo.transforms.integral import PHI_NAMES, PhiName, log_positive, positive, solve_monotone
 from unflow_zoo.transforms.quadrature import Quadrature, QuadratureRule, quadrature_rule
 from unflow_zoo.transforms.relu_integral import relu_net, relu_net_integral, relu_net_integral_and_value
@@ -93,8 +94,17 @@ class PaperUnconstrainedTransform(Transform):
     steps by :math:`g`, so where the quadrature's slope departs from :math:`g`, far from
     :math:`x_0`, the tolerance loosens by their ratio). With
     ``min_slope=0`` the image can be a bounded interval (where :math:`\phi(N)` decays);
-    a value outside it raises :class:`~unflow_zoo.core.transform.InputOutsideDomain`.
-    The inverse runs without autograd. The quadrature :math:`Q_i` is increasing only up
+    a value outside it raises :class:`~unflow_zoo.core.transform.InputOutsideDomain`, as
+    does a NaN or inf. Every solve ends with a residual check,
+    :math:`|Q_i(x) - y_i| \le` :func:`~unflow_zoo.transforms.bisection.residual_tolerance`
+    :math:`= \sqrt{\varepsilon}(1 + |y_i|)` (3.5e-4 relative in float32, 1.5e-8 in
+    float64, estimated from the last Newton evaluation, so no extra pass is needed;
+    rows far from the origin, where :meth:`forward` may round the large terms
+    differently, are checked once more by :meth:`forward`, see
+    :func:`~unflow_zoo.transforms.bisection.far_rows`): a point that does not map back
+    (``max_iter`` too small, or a target so far out that the working precision cannot
+    resolve :math:`x`) raises :class:`~unflow_zoo.errors.InverseError` instead of being
+    returned. The inverse runs without autograd. The quadrature :math:`Q_i` is increasing only up
     to its error: with the first-order right sum, far from :math:`x_{0,i}` (segments
     much longer than the scale on which :math:`g` varies) where :math:`g` has fallen
     below about :math:`g(x_{0,i}) / 2K`, :math:`Q_i` can turn back, and the inverse then
@@ -244,12 +254,13 @@ class PaperUnconstrainedTransform(Transform):
             y, n_x = relu_net_integral_and_value(
                 xt, self.lower.unsqueeze(-1), c, self.w_t, a, nodes, weights,
                 self.phi, self.min_slope, self._uniform_right,
-            )
+            )  # fmt: skip
             ladj = log_positive(n_x, self.phi, self.min_slope).sum(dim=0)
         return y.t().contiguous(), ladj
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(y, context)
+        check_finite_target(y, type(self).__name__)
         with torch.no_grad(), torch.autocast(device_type=y.device.type, enabled=False):
             a = self._top()
             w_x = self.W * self.mask
@@ -259,8 +270,14 @@ class PaperUnconstrainedTransform(Transform):
                 c_i = F.linear(x[:, :i], w_x[i, :, :i], self.b[i])  # needs x_{<i} only: solved already
                 x[:, i] = self._solve(i, c_i, y[:, i], a)
                 cs.append(c_i)
-            n_x = relu_net(torch.stack(cs), self.w_t, a, x.t())
+            c_all = torch.stack(cs)  # (D, B, m)
+            n_x = relu_net(c_all, self.w_t, a, x.t())
             ladj = -log_positive(n_x, self.phi, self.min_slope).sum(dim=0)
+            far = far_rows(y, x, c_all.transpose(0, 1))
+            if bool(far.any()):
+                # far out, forward() may round the large terms differently from the solver: check those rows
+                y_back, _ = self(x[far])
+                check_round_trip(y_back, y[far], owner=type(self).__name__)
         return x, ladj
 
     def _solve(self, i: int, c: Tensor, target: Tensor, a: Tensor) -> Tensor:
@@ -282,8 +299,8 @@ class PaperUnconstrainedTransform(Transform):
             self.lower[i] + target,  # the identity map: where an untrained flow starts
             tol=self.inverse_tol,
             max_iter=self.max_iter,
-            owner=type(self).__name__,
-            stacklevel=3,  # point at the line in inverse(), as UnconstrainedMonotoneTransform does
+            owner=f"{type(self).__name__} (coordinate {i})",
+            onto=self.min_slope > 0,
         )
 
     def extra_repr(self) -> str:

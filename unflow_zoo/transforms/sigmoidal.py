@@ -44,7 +44,13 @@ out by doubling steps until it contains the root, then bisection runs until no
 interval can be split further, i.e. :math:`x` to one ulp of the working
 precision. The remaining inverse error is the rounding of :math:`y` divided by
 :math:`dy/dx`; in float64 it stays below ``1e-6`` (usually ~1e-13) for
-reasonable parameters, which is the tolerance the tests use.
+reasonable parameters, which is the tolerance the tests use. The residual
+:math:`|f(x) - z|` is then checked (from the bisection's last evaluations, and
+again from the forward pass that gives the inverse its log-determinant) against
+:func:`~unflow_zoo.transforms.bisection.residual_tolerance`,
+:math:`\sqrt{\varepsilon}(1 + |z|)`: a point that does not map back (too small
+``max_bisection_iters``, or a target so close to the edge of the image that the
+working precision cannot resolve it) raises :class:`~unflow_zoo.errors.InverseError`.
 
 References:
     Huang, Krueger, Lacoste & Courville, "Neural Autoregressive Flows", ICML 2018,
@@ -64,7 +70,7 @@ from torch import Tensor
 
 from unflow_zoo.core.transform import InputOutsideDomain, Transform
 from unflow_zoo.nn.made import MADE
-from unflow_zoo.transforms.bisection import solve_increasing
+from unflow_zoo.transforms.bisection import check_round_trip, solve_increasing
 
 __all__ = ["DSFAutoregressive", "dsf_params_per_feature", "sigmoidal_flow"]
 
@@ -230,8 +236,10 @@ class DSFAutoregressive(Transform):
                     zi,
                     max_iters=self.max_bisection_iters,
                     error="could not bracket the inverse of the sigmoidal flow",
+                    owner=f"{type(self).__name__} (coordinate {i})",
                 )
-        _, ladj = self(x, context)
+        y_back, ladj = self(x, context)  # the log-determinant, and the residual check, in one pass
+        check_round_trip(y_back, z, owner=type(self).__name__)
         return x, -ladj
 
     def extra_repr(self) -> str:
