@@ -37,7 +37,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 
-from unflow_zoo.errors import DivergenceError
+from unflow_zoo.errors import ConfigError, DivergenceError
 
 __all__ = ["LastFiniteCheckpoint", "RunCheckpoint", "WeightMovementCallback", "parameter_groups_of"]
 
@@ -138,7 +138,7 @@ class WeightMovementCallback(L.Callback):
     ) -> None:
         super().__init__()
         if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be a positive int or None, got {every_n_steps}")
+            raise ConfigError(f"every_n_steps must be a positive int or None, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self.groups = None if groups is None else tuple(groups)
         self.log_metrics = log
@@ -157,7 +157,7 @@ class WeightMovementCallback(L.Callback):
             return found
         missing = [g for g in self.groups if g not in found]
         if missing:
-            raise ValueError(f"{type(pl_module).__name__} has no parameter group(s) {missing}; it has {sorted(found)}")
+            raise ConfigError(f"{type(pl_module).__name__} has no parameter group(s) {missing}; it has {sorted(found)}")
         return {g: found[g] for g in self.groups}
 
     @torch.no_grad()

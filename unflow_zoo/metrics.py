@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from unflow_zoo.errors import DataError
+
 __all__ = ["bits_per_dim", "fit_gaussian", "gaussian_nll"]
 
 
@@ -24,11 +26,11 @@ def gaussian_nll(data: Tensor) -> float:
     """
     x = data.detach().reshape(data.shape[0], -1).double()
     if x.shape[0] < 2:
-        raise ValueError("gaussian_nll needs at least two points")
+        raise DataError("gaussian_nll needs at least two points")
     cov = torch.cov(x.T, correction=0).reshape(x.shape[1], x.shape[1])
     eig = torch.linalg.eigvalsh(cov)
     if (eig <= 0).any():
-        raise ValueError("the data covariance is singular: some direction has zero variance")
+        raise DataError("the data covariance is singular: some direction has zero variance")
     return float(0.5 * torch.log(2 * math.pi * math.e * eig).sum())
 
 
@@ -45,10 +47,12 @@ def fit_gaussian(data: Tensor) -> torch.distributions.MultivariateNormal:
     """
     x = data.detach().reshape(data.shape[0], -1).double()
     if not torch.isfinite(x).all():
-        raise ValueError("cannot fit the Gaussian baseline: the training data hold NaN or inf")
+        raise DataError("cannot fit the Gaussian baseline: the training data hold NaN or inf")
     mean = x.mean(dim=0)
-    cov = torch.cov(x.T, correction=0).reshape(x.shape[1], x.shape[1]) if x.shape[0] > 1 else torch.zeros(
-        x.shape[1], x.shape[1], dtype=x.dtype, device=x.device
+    cov = (
+        torch.cov(x.T, correction=0).reshape(x.shape[1], x.shape[1])
+        if x.shape[0] > 1
+        else torch.zeros(x.shape[1], x.shape[1], dtype=x.dtype, device=x.device)
     )
     scale = float(torch.diagonal(cov).mean()) or 1.0
     eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryROC
 
+from unflow_zoo.errors import ConfigError, DataError
 from unflow_zoo.plots import new_figure
 
 __all__ = ["OUTLIER_KINDS", "SCORE_KINDS", "make_outliers", "ood_metrics", "ood_report", "score"]
@@ -57,9 +58,9 @@ def _model_device_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
 def _nll(model: Any, x: Tensor, batch_size: int) -> Tensor:
     """``-log p(x)`` per example, in float64 on the CPU, evaluated in eval mode in batches."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if x.ndim < 2:
-        raise ValueError(f"expected a batch (N, *event_shape), got a tensor of shape {tuple(x.shape)}")
+        raise DataError(f"expected a batch (N, *event_shape), got a tensor of shape {tuple(x.shape)}")
     device, dtype = _model_device_dtype(model)
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
@@ -105,9 +106,9 @@ def score(
         arXiv:1906.02994, 2019.
     """
     if kind not in SCORE_KINDS:
-        raise ValueError(f"unknown score kind {kind!r}; choose one of {list(SCORE_KINDS)}")
+        raise ConfigError(f"unknown score kind {kind!r}; choose one of {list(SCORE_KINDS)}")
     if kind == "typicality" and train_nll is None:
-        raise ValueError(
+        raise ConfigError(
             "the typicality score needs train_nll, the mean -log p of the training data; "
             "compute it with score(model, train_data).mean()"
         )
@@ -158,7 +159,7 @@ def ood_metrics(in_scores: Tensor, out_scores: Tensor) -> dict[str, float]:
     """
     in_scores, out_scores = in_scores.reshape(-1), out_scores.reshape(-1)
     if in_scores.numel() == 0 or out_scores.numel() == 0:
-        raise ValueError(
+        raise DataError(
             f"need at least one in-distribution and one outlier score, got {in_scores.numel()} and {out_scores.numel()}"
         )
     scores = _ranks01(torch.cat([in_scores, out_scores]))
@@ -191,7 +192,7 @@ def ood_report(
     there (any format matplotlib knows from the suffix).
     """
     if tuple(in_data.shape[1:]) != tuple(out_data.shape[1:]):
-        raise ValueError(
+        raise DataError(
             f"in_data and out_data must hold events of the same shape, got {tuple(in_data.shape[1:])} "
             f"and {tuple(out_data.shape[1:])}"
         )
@@ -201,7 +202,7 @@ def ood_report(
         train_nll = score(model, train_data)
         finite = train_nll[torch.isfinite(train_nll)]
         if finite.numel() == 0:
-            raise ValueError("the model gives no training point a finite log-density; cannot estimate H_train")
+            raise DataError("the model gives no training point a finite log-density; cannot estimate H_train")
         h = float(finite.mean())
         scores["typicality"] = ((in_nll - h).abs(), (out_nll - h).abs())
     report = {kind: ood_metrics(s_in, s_out) for kind, (s_in, s_out) in scores.items()}
@@ -243,9 +244,9 @@ def make_outliers(kind: str, reference: Tensor, seed: int = 0) -> Tensor:
       photographic negative).
     """
     if kind not in OUTLIER_KINDS:
-        raise ValueError(f"unknown outlier kind {kind!r}; choose one of {list(OUTLIER_KINDS)}")
+        raise ConfigError(f"unknown outlier kind {kind!r}; choose one of {list(OUTLIER_KINDS)}")
     if reference.ndim < 2 or reference.shape[0] < 2:
-        raise ValueError(f"reference must be a batch (N, *event_shape) with N >= 2, got shape {tuple(reference.shape)}")
+        raise DataError(f"reference must be a batch (N, *event_shape) with N >= 2, got shape {tuple(reference.shape)}")
     ref = reference.detach()
     lo, hi = ref.min(dim=0).values, ref.max(dim=0).values
     if kind == "noise":
@@ -258,6 +259,6 @@ def make_outliers(kind: str, reference: Tensor, seed: int = 0) -> Tensor:
         return torch.roll(ref, shifts=(3, 3), dims=(2, 3))
     if ref.ndim == 2:
         return ref + 2.0 * ref.std(dim=0)
-    raise ValueError(
+    raise DataError(
         f"'shift' outliers are defined for vectors (N, D) and images (N, C, H, W), got shape {tuple(ref.shape)}"
     )

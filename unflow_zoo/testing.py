@@ -25,6 +25,7 @@ from torch import Tensor
 from unflow_zoo.core.distributions import BaseDistribution, StandardNormal
 from unflow_zoo.core.flow import Flow
 from unflow_zoo.core.transform import Transform
+from unflow_zoo.errors import ConfigError, DataError
 
 __all__ = ["TransformReport", "check_normalization", "check_transform", "randomize_parameters_"]
 
@@ -78,9 +79,9 @@ def check_normalization(
     """
     d = math.prod(flow.event_shape)
     if d > 2:
-        raise ValueError(f"grid normalisation needs events of at most 2 numbers, got shape {flow.event_shape}")
+        raise ConfigError(f"grid normalisation needs events of at most 2 numbers, got shape {flow.event_shape}")
     if context is not None:
-        raise ValueError("check_normalization does not support conditional flows")
+        raise ConfigError("check_normalization does not support conditional flows")
     was_training = flow.training
     flow.eval()
     try:
@@ -90,8 +91,13 @@ def check_normalization(
 
 
 def _integrate(
-    flow: Flow, d: int, bounds: list[tuple[float, float]] | None, points: int | None, tol: float,
-    n_bound_samples: int, seed: int,
+    flow: Flow,
+    d: int,
+    bounds: list[tuple[float, float]] | None,
+    points: int | None,
+    tol: float,
+    n_bound_samples: int,
+    seed: int,
 ) -> float:
     # the first floating tensor: a Permutation's index buffer (int64) says nothing of the dtype
     ref = next((t for t in (*flow.parameters(), *flow.buffers()) if t.is_floating_point()), None)
@@ -107,7 +113,7 @@ def _integrate(
             pad = 0.5 * (hi - lo) + 1e-3
             bounds = [(float(a), float(b)) for a, b in zip(lo - pad, hi + pad)]
         if len(bounds) != d:
-            raise ValueError(f"need {d} (low, high) bounds, got {len(bounds)}")
+            raise ConfigError(f"need {d} (low, high) bounds, got {len(bounds)}")
         points = points or (20001 if d == 1 else 601)
         axes = [torch.linspace(lo, hi, points, dtype=dtype, device=device) for lo, hi in bounds]
         mesh = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, d)
@@ -161,7 +167,7 @@ def check_transform(
         a :class:`TransformReport` with the measured errors.
     """
     if x.ndim < 2:
-        raise ValueError(f"x must be a batch (B, *event_shape), got shape {tuple(x.shape)}")
+        raise DataError(f"x must be a batch (B, *event_shape), got shape {tuple(x.shape)}")
     t = copy.deepcopy(transform).to(dtype).eval()
     x = x.detach().to(dtype)
     ctx = context.detach().to(dtype) if context is not None else None

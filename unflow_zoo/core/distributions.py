@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from unflow_zoo.errors import ConfigError, DataError
+
 __all__ = [
     "BaseDistribution",
     "CopulaBase",
@@ -42,7 +44,7 @@ def _shape(event_shape: int | Sequence[int]) -> tuple[int, ...]:
         return (event_shape,)
     shape = tuple(int(s) for s in event_shape)
     if not shape or any(s <= 0 for s in shape):
-        raise ValueError(f"event_shape must be a non-empty tuple of positive ints, got {event_shape!r}")
+        raise ConfigError(f"event_shape must be a non-empty tuple of positive ints, got {event_shape!r}")
     return shape
 
 
@@ -66,7 +68,7 @@ class BaseDistribution(nn.Module):
 
     def _check(self, z: Tensor) -> None:
         if tuple(z.shape[1:]) != self.event_shape:
-            raise ValueError(
+            raise DataError(
                 f"{type(self).__name__} over events of shape {self.event_shape} "
                 f"got a batch of shape {tuple(z.shape)}; expected (B, {', '.join(map(str, self.event_shape))})"
             )
@@ -371,9 +373,9 @@ class CopulaBase(BaseDistribution):
     ) -> None:
         super().__init__(event_shape)
         if marginals not in ("t", "normal"):
-            raise ValueError(f"marginals must be 't' or 'normal', got {marginals!r}")
+            raise ConfigError(f"marginals must be 't' or 'normal', got {marginals!r}")
         if copula not in ("independence", "gaussian"):
-            raise ValueError(f"copula must be 'independence' or 'gaussian', got {copula!r}")
+            raise ConfigError(f"copula must be 'independence' or 'gaussian', got {copula!r}")
         self.marginals, self.copula = marginals, copula
         d = self.numel
         # Fixed (not learned) buffers in float64, exactly as constructed: a buffer holds them in the
@@ -384,7 +386,7 @@ class CopulaBase(BaseDistribution):
         if marginals == "t":
             init = torch.as_tensor(df, dtype=torch.float64).expand(d).clone()
             if not (torch.isfinite(init).all() and (init > min_df).all() and min_df > 0):
-                raise ValueError(
+                raise ConfigError(
                     f"need degrees of freedom df > min_df > 0; got df={df!r}, min_df={min_df!r}. "
                     "Raise df or lower min_df"
                 )
@@ -408,17 +410,17 @@ class CopulaBase(BaseDistribution):
                     or not torch.allclose(corr, corr.T)
                     or not torch.allclose(torch.diagonal(corr), torch.ones(d, dtype=torch.float64))
                 ):
-                    raise ValueError(
+                    raise ConfigError(
                         f"correlation must be a symmetric ({d}, {d}) matrix with unit diagonal, "
                         f"got shape {tuple(corr.shape)}"
                     )
                 chol, info = torch.linalg.cholesky_ex(corr)
                 if int(info) != 0:
-                    raise ValueError("correlation must be positive definite (its Cholesky factorisation failed)")
+                    raise ConfigError("correlation must be positive definite (its Cholesky factorisation failed)")
                 self.register_buffer("_fixed_chol", chol.to(torch.get_default_dtype()))
                 self._exact["_fixed_chol"] = chol
         elif correlation is not None:
-            raise ValueError("a fixed correlation needs copula='gaussian'")
+            raise ConfigError("a fixed correlation needs copula='gaussian'")
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> CopulaBase:
         before = {name: self._buffers[name].dtype for name in self._exact if self._buffers.get(name) is not None}
@@ -507,5 +509,5 @@ def make_base(name: str, event_shape: int | Sequence[int]) -> BaseDistribution:
     try:
         factory = _BASES[name]
     except KeyError:
-        raise ValueError(f"unknown base distribution {name!r}; choose one of {sorted(_BASES)}") from None
+        raise ConfigError(f"unknown base distribution {name!r}; choose one of {sorted(_BASES)}") from None
     return factory(event_shape)

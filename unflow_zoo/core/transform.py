@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from unflow_zoo.errors import InputOutsideDomain
+from unflow_zoo.errors import ConfigError, DataError, DataTypeError, InputOutsideDomain
 
 __all__ = [
     "Compose",
@@ -59,7 +59,7 @@ class Compose(Transform):
             transforms = tuple(transforms[0])  # Compose([t1, t2]) as well as Compose(t1, t2)
         for i, t in enumerate(transforms):
             if not isinstance(t, Transform):
-                raise TypeError(f"Compose expects Transform objects, item {i} is a {type(t).__name__}")
+                raise DataTypeError(f"Compose expects Transform objects, item {i} is a {type(t).__name__}")
         self.transforms = nn.ModuleList(transforms)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -112,9 +112,9 @@ class Permutation(Transform):
         super().__init__()
         perm = torch.as_tensor(perm, dtype=torch.long)
         if perm.ndim != 1 or not torch.equal(perm.sort().values, torch.arange(len(perm))):
-            raise ValueError(f"not a permutation of 0..{len(perm) - 1}: {perm.tolist()}")
+            raise ConfigError(f"not a permutation of 0..{len(perm) - 1}: {perm.tolist()}")
         if dim == 0:
-            raise ValueError("dim 0 is the batch dimension; permute features (dim >= 1)")
+            raise ConfigError("dim 0 is the batch dimension; permute features (dim >= 1)")
         self.dim = dim
         self.register_buffer("perm", perm)
         self.register_buffer("inv_perm", torch.argsort(perm))
@@ -130,9 +130,8 @@ class Permutation(Transform):
 
     def _check(self, x: Tensor) -> None:
         if x.ndim <= self.dim or x.shape[self.dim] != len(self.perm):
-            raise ValueError(
-                f"Permutation of {len(self.perm)} features along dim {self.dim} "
-                f"got a batch of shape {tuple(x.shape)}"
+            raise DataError(
+                f"Permutation of {len(self.perm)} features along dim {self.dim} got a batch of shape {tuple(x.shape)}"
             )
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -28,7 +28,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from unflow_zoo.errors import ChecksumError
+from unflow_zoo.errors import ChecksumError, ConfigError, MissingFileError
 
 __all__ = ["ChecksumError", "download", "extract_tar", "file_digest", "sha256_file"]
 
@@ -54,13 +54,13 @@ def _expected(sha256: str | None, md5: str | None) -> dict[str, str]:
         name: value.lower().removeprefix(f"{name}:") for name, value in (("sha256", sha256), ("md5", md5)) if value
     }
     if not expected:
-        raise ValueError(
+        raise ConfigError(
             "download() needs a checksum to verify against: pass sha256= (or md5= where the publisher lists only that)"
         )
     for name, value in expected.items():
         width = hashlib.new(name).digest_size * 2
         if len(value) != width or any(c not in "0123456789abcdef" for c in value):
-            raise ValueError(f"{name} must be {width} hex digits, got {value!r}")
+            raise ConfigError(f"{name} must be {width} hex digits, got {value!r}")
     return expected
 
 
@@ -100,7 +100,7 @@ def download(
     Raises:
         ChecksumError: a digest differs; names the file, the expected and the actual
             digest, and removes the temporary file, so nothing is left at ``dest``.
-        ValueError: neither ``sha256`` nor ``md5`` given, or not hex digits.
+        ConfigError: neither ``sha256`` nor ``md5`` given, or not hex digits (a ``ValueError``).
         urllib.error.URLError: the URL cannot be opened.
     """
     expected = _expected(sha256, md5)
@@ -190,7 +190,7 @@ def extract_tar(
     Raises:
         tarfile.FilterError: a member would escape ``dest`` (``../``, absolute
             path, outward link) or is a device file; nothing is moved into ``dest``.
-        FileNotFoundError: ``members`` matched nothing in the archive.
+        MissingFileError: ``members`` matched nothing in the archive (a ``FileNotFoundError``).
     """
     dest = Path(dest).expanduser()
     dest.mkdir(parents=True, exist_ok=True)
@@ -199,7 +199,7 @@ def extract_tar(
         with tarfile.open(archive, "r:*") as tar:
             chosen = [m for m in tar.getmembers() if _wanted(m.name, members)]
             if not chosen:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"{archive}: no member matches {list(members or [])}; "
                     "is this the right archive (list it with `tar tzf`)?"
                 )

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from unflow_zoo.errors import DataError, MissingDependencyError, MissingFileError
+
 __all__ = [
     "IMAGE_DATASETS",
     "MNIST_HF_ID",
@@ -84,10 +86,10 @@ def load_digits() -> np.ndarray:
     try:
         from sklearn.datasets import load_digits as sklearn_digits
     except ImportError as err:  # pragma: no cover - scikit-learn is a dependency of the test env
-        raise ImportError("dataset='digits' needs scikit-learn: pip install scikit-learn") from err
+        raise MissingDependencyError("dataset='digits' needs scikit-learn: pip install scikit-learn") from err
     images = sklearn_digits().images
     if images.min() < 0 or images.max() > 16 or not np.array_equal(images, np.round(images)):
-        raise ValueError("scikit-learn's digits are not integers in 0..16; has the bundled file changed?")
+        raise DataError("scikit-learn's digits are not integers in 0..16; has the bundled file changed?")
     return images.astype(np.uint8)[:, None]
 
 
@@ -102,7 +104,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     then the data, row-major.
 
     Raises:
-        ValueError: a bad magic number, unknown type, or a file shorter or longer than declared.
+        DataError: a bad magic number, unknown type, or a file shorter or longer than declared (a ``ValueError``).
 
     References:
         LeCun et al., "THE MNIST DATABASE of handwritten digits" (the file format section).
@@ -112,18 +114,18 @@ def read_idx(path: str | Path) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path}: not an IDX file (magic number {raw[:4].hex() or 'missing'}; expected 0000TTNN)")
+        raise DataError(f"{path}: not an IDX file (magic number {raw[:4].hex() or 'missing'}; expected 0000TTNN)")
     type_code, ndim = raw[2], raw[3]
     if type_code not in _IDX_DTYPES:
-        raise ValueError(f"{path}: unknown IDX element type 0x{type_code:02x}; expected one of 08 09 0b 0c 0d 0e")
+        raise DataError(f"{path}: unknown IDX element type 0x{type_code:02x}; expected one of 08 09 0b 0c 0d 0e")
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, {ndim} dimensions need {header})")
+        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes, {ndim} dimensions need {header})")
     shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[type_code])
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) != expected:
-        raise ValueError(
+        raise DataError(
             f"{path}: IDX header declares shape {shape} of {dtype.name} ({expected} bytes in all) "
             f"but the file has {len(raw)} bytes; the download is probably truncated, delete it and fetch it again"
         )
@@ -153,12 +155,12 @@ def _check_images(images: np.ndarray, split: str, where: str) -> np.ndarray:
     if images.ndim == 4 and images.shape[1] == 1:
         images = images[:, 0]
     if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise ValueError(f"{where}: MNIST {split} images must be 28x28, got array shape {images.shape}")
+        raise DataError(f"{where}: MNIST {split} images must be 28x28, got array shape {images.shape}")
     if images.shape[0] == 0:
-        raise ValueError(f"{where}: the MNIST {split} split holds no images")
+        raise DataError(f"{where}: the MNIST {split} split holds no images")
     if images.dtype != np.uint8:
         if images.min() < 0 or images.max() > 255 or not np.array_equal(images, np.round(images)):
-            raise ValueError(f"{where}: MNIST pixels must be integers in 0..255")
+            raise DataError(f"{where}: MNIST pixels must be integers in 0..255")
         images = images.astype(np.uint8)
     return np.ascontiguousarray(images)[:, None]
 
@@ -166,7 +168,7 @@ def _check_images(images: np.ndarray, split: str, where: str) -> np.ndarray:
 def _images_from_hf(split_ds: object, split: str, where: str) -> np.ndarray:
     columns = getattr(split_ds, "column_names", [])
     if "image" not in columns:
-        raise ValueError(f"{where}: the {split} split has columns {columns}; expected an 'image' column")
+        raise DataError(f"{where}: the {split} split has columns {columns}; expected an 'image' column")
     # numpy format decodes the Image feature (PNG bytes or PIL images) to uint8 arrays in one pass.
     images = split_ds.select_columns(["image"]).with_format("numpy")[:]["image"]  # type: ignore[attr-defined]
     if isinstance(images, list) or images.dtype == object:  # images of mixed sizes come back one by one
@@ -189,7 +191,7 @@ def _from_saved_dataset(folder: Path) -> dict[str, np.ndarray] | None:
     saved = datasets.load_from_disk(str(folder))
     missing = [s for s in _MNIST_SIZES if s not in saved]
     if missing:
-        raise ValueError(f"{folder}: the saved DatasetDict has splits {list(saved)}; missing {missing}")
+        raise DataError(f"{folder}: the saved DatasetDict has splits {list(saved)}; missing {missing}")
     return {split: _images_from_hf(saved[split], split, str(folder)) for split in _MNIST_SIZES}
 
 
@@ -202,11 +204,11 @@ def _decode_png_column(column: object, split: str, where: str) -> np.ndarray:
     try:
         blobs = column.combine_chunks().field("bytes").to_pylist()  # type: ignore[attr-defined]
     except (AttributeError, KeyError) as err:
-        raise ValueError(
+        raise DataError(
             f"{where}: the {split} 'image' column is not a Hugging Face Image column ({{bytes, path}} structs)"
         ) from err
     if any(b is None for b in blobs):
-        raise ValueError(f"{where}: some {split} images have no embedded bytes (only paths); re-export with the bytes")
+        raise DataError(f"{where}: some {split} images have no embedded bytes (only paths); re-export with the bytes")
     return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("L")) for b in blobs])
 
 
@@ -223,7 +225,7 @@ def _from_parquet(folder: Path) -> dict[str, np.ndarray] | None:
         tables = []
         for p in paths:
             if "image" not in pq.read_schema(p).names:
-                raise ValueError(f"{p}: columns {pq.read_schema(p).names}; expected an 'image' column")
+                raise DataError(f"{p}: columns {pq.read_schema(p).names}; expected an 'image' column")
             tables.append(pq.read_table(p, columns=["image"]))
         # Read with pyarrow rather than datasets.Dataset.from_parquet, which writes a cache (and
         # lock files) under ~/.cache for every call.
@@ -264,9 +266,9 @@ def load_mnist(data_dir: str | Path = "data", *, download: bool = False) -> dict
     ``data_dir/huggingface`` when ``download=True``.
 
     Raises:
-        FileNotFoundError: nothing found locally and ``download=False`` (or offline mode);
-            the message names the folders searched and how to get the data.
-        ValueError: a file found but malformed (wrong magic number, size or count).
+        MissingFileError: nothing found locally and ``download=False`` (or offline mode);
+            the message names the folders searched and how to get the data (a ``FileNotFoundError``).
+        DataError: a file found but malformed (wrong magic number, size or count; a ``ValueError``).
 
     References:
         LeCun, Bottou, Bengio & Haffner, "Gradient-based learning applied to document
@@ -289,12 +291,12 @@ def load_mnist(data_dir: str | Path = "data", *, download: bool = False) -> dict
         f"(dataset_dict.json), train-*/test-*.parquet files, or a datasets cache of {MNIST_HF_ID} in: {searched}"
     )
     if not download:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"MNIST not found: {how}. Download it from the Hugging Face Hub with `--data.download true` "
             f"(DensityDataModule(dataset='mnist', download=True)), or put the IDX files in {data_dir}"
         )
     if hf_offline():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"MNIST not found and Hugging Face offline mode is on (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE), "
             f"so it cannot be downloaded: {how}. Unset offline mode or copy the files there"
         )

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from unflow_zoo.core.transform import InputOutsideDomain, Transform
+from unflow_zoo.errors import ConfigError, DataError
 
 __all__ = ["PixelPreprocess", "dequantize"]
 
@@ -93,9 +94,9 @@ class PixelPreprocess(Transform):
     def __init__(self, levels: int, logit_alpha: float | None = None) -> None:
         super().__init__()
         if int(levels) != levels or levels < 2:
-            raise ValueError(f"levels must be an int >= 2 (256 for 8-bit pixels), got {levels}")
+            raise ConfigError(f"levels must be an int >= 2 (256 for 8-bit pixels), got {levels}")
         if logit_alpha is not None and not 0.0 <= logit_alpha < 0.5:
-            raise ValueError(
+            raise ConfigError(
                 f"logit_alpha must be in [0, 0.5) (1e-6 as MAF, 0.05 as RealNVP) or None for no logit, "
                 f"got {logit_alpha}"
             )
@@ -147,7 +148,7 @@ class PixelPreprocess(Transform):
             shape ``(B,)``, in ``x``'s dtype (computed in float64, except on MPS which has none).
         """
         if x.ndim < 1:
-            raise ValueError(f"x must be a batch (B, *event_shape), got a scalar of shape {tuple(x.shape)}")
+            raise DataError(f"x must be a batch (B, *event_shape), got a scalar of shape {tuple(x.shape)}")
         dims = math.prod(x.shape[1:])
         constant = -dims * math.log(self.levels)
         if not self.uses_logit:

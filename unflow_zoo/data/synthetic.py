@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from unflow_zoo.errors import ConfigError, DataError, DataTypeError
+
 __all__ = [
     "SOURCES",
     "Checkerboard",
@@ -64,9 +66,9 @@ class Source(ABC):
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """Draw ``n`` points, an ``(n, dim)`` float64 array; the same ``rng`` state gives the same points."""
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"{self.name}: n must be a positive int, got {n!r}")
+            raise ConfigError(f"{self.name}: n must be a positive int, got {n!r}")
         if not isinstance(rng, np.random.Generator):
-            raise TypeError(
+            raise DataTypeError(
                 f"{self.name}: rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
                 f"got {type(rng).__name__}"
             )
@@ -79,7 +81,7 @@ class Source(ABC):
 
     def _as64(self, x: Tensor) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"{self.name}: expected points of shape (n, {self.dim}), got {tuple(x.shape)}")
+            raise DataError(f"{self.name}: expected points of shape (n, {self.dim}), got {tuple(x.shape)}")
         return x.to(torch.float64)
 
     def __repr__(self) -> str:
@@ -118,7 +120,7 @@ class GaussianMixture(Source):
         if mu.ndim == 1:
             mu = mu[:, None]
         if mu.ndim != 2 or mu.shape[0] == 0:
-            raise ValueError(f"{name}: means must have shape (K,) or (K, D) with K >= 1, got {np.shape(means)}")
+            raise ConfigError(f"{name}: means must have shape (K,) or (K, D) with K >= 1, got {np.shape(means)}")
         k, d = mu.shape
         sd = np.asarray(stds, dtype=np.float64)
         if sd.ndim == 1 and sd.shape[0] == k:
@@ -126,14 +128,14 @@ class GaussianMixture(Source):
         try:
             sd = np.broadcast_to(sd, (k, d)).copy()
         except ValueError:
-            raise ValueError(f"{name}: stds of shape {np.shape(stds)} do not fit means of shape {(k, d)}") from None
+            raise ConfigError(f"{name}: stds of shape {np.shape(stds)} do not fit means of shape {(k, d)}") from None
         if not (np.isfinite(sd).all() and (sd > 0).all()):
-            raise ValueError(f"{name}: every std must be positive and finite, got {sd.tolist()}")
+            raise ConfigError(f"{name}: every std must be positive and finite, got {sd.tolist()}")
         w = np.full(k, 1.0 / k) if weights is None else np.asarray(weights, dtype=np.float64)
         if w.shape != (k,):
-            raise ValueError(f"{name}: expected {k} weights (one per component), got shape {w.shape}")
+            raise ConfigError(f"{name}: expected {k} weights (one per component), got shape {w.shape}")
         if not (w > 0).all() or abs(w.sum() - 1.0) > 1e-6:
-            raise ValueError(f"{name}: weights must be positive and sum to 1, got {w.tolist()} (sum {w.sum():.6g})")
+            raise ConfigError(f"{name}: weights must be positive and sum to 1, got {w.tolist()} (sum {w.sum():.6g})")
         self.means, self.stds, self.weights = mu, sd, w / w.sum()
         self.dim = d
 
@@ -407,10 +409,10 @@ class StudentTCopula(Source):
     def __init__(self, dfs: Sequence[float] = (1.5, 3.0), rho: float = 0.6, name: str = "student-t2") -> None:
         self.dfs = np.asarray(dfs, dtype=np.float64).reshape(-1)
         if self.dfs.size == 0 or not (np.isfinite(self.dfs).all() and (self.dfs > 0).all()):
-            raise ValueError(f"{name}: dfs must be positive and finite, one per dimension, got {dfs!r}")
+            raise ConfigError(f"{name}: dfs must be positive and finite, one per dimension, got {dfs!r}")
         self.dim = int(self.dfs.size)
         if not -1.0 / max(self.dim - 1, 1) < rho < 1.0:
-            raise ValueError(f"{name}: rho must lie in (-1/(D-1), 1) for a valid correlation matrix, got {rho}")
+            raise ConfigError(f"{name}: rho must lie in (-1/(D-1), 1) for a valid correlation matrix, got {rho}")
         self.rho, self.name = float(rho), name
         self.correlation = (1 - rho) * np.eye(self.dim) + rho * np.ones((self.dim, self.dim))
         self._base = None
@@ -478,8 +480,8 @@ def get_source(name: str, **kwargs: object) -> Source:
     """Build the synthetic source registered as ``name``; ``kwargs`` go to its constructor.
 
     Raises:
-        ValueError: ``name`` is not registered; the message lists the valid names.
+        ConfigError: ``name`` is not registered; the message lists the valid names (a ``ValueError``).
     """
     if name not in SOURCES:
-        raise ValueError(f"unknown synthetic source {name!r}; choose one of: {', '.join(source_names())}")
+        raise ConfigError(f"unknown synthetic source {name!r}; choose one of: {', '.join(source_names())}")
     return SOURCES[name](**kwargs)

@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric, SumMetric
 from unflow_zoo.core.distributions import BaseDistribution, make_base
 from unflow_zoo.core.flow import Flow
 from unflow_zoo.core.transform import Compose, Permutation, Transform
-from unflow_zoo.errors import ConfigError, DivergenceError
+from unflow_zoo.errors import ConfigError, DataError, DataTypeError, DivergenceError
 from unflow_zoo.metrics import bits_per_dim, fit_gaussian
 from unflow_zoo.models import validate as v
 
@@ -28,9 +28,9 @@ def stack_with_permutations(
     permuted at random, seeded by ``k``) between consecutive ones, so that every feature
     gets to condition on every other. No permutation for a single feature."""
     if n_layers < 1:
-        raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        raise ConfigError(f"n_layers must be >= 1, got {n_layers}")
     if permutation not in ("reverse", "random"):
-        raise ValueError(f"unknown permutation {permutation!r}; choose 'reverse' or 'random'")
+        raise ConfigError(f"unknown permutation {permutation!r}; choose 'reverse' or 'random'")
     layers: list[Transform] = []
     for k in range(n_layers):
         if k > 0 and features > 1:
@@ -203,7 +203,7 @@ class FlowModule(L.LightningModule):
     def vector_features(self) -> int:
         """``D`` for a family that works on vectors; a clear error for image-shaped events."""
         if len(self.event_shape) != 1:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.registry_name} works on vectors, event_shape (D,); got {self.event_shape}. "
                 "Flatten the data first"
             )
@@ -232,7 +232,7 @@ class FlowModule(L.LightningModule):
     def _batch_x(self, batch: Any) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         if tuple(x.shape[1:]) != self.event_shape:
-            raise ValueError(
+            raise DataError(
                 f"expected a batch of shape (B, {', '.join(map(str, self.event_shape))}) for "
                 f"{type(self).__name__} with event_shape={self.event_shape}, got {tuple(x.shape)}; "
                 "set model.event_shape to the data's shape (the CLI links it from the data module)"
@@ -246,7 +246,7 @@ class FlowModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         shape = getattr(dm, "event_shape", None)
         if shape is not None and tuple(shape) != self.event_shape:
-            raise ValueError(
+            raise ConfigError(
                 f"the data module serves events of shape {tuple(shape)} but the model was built for "
                 f"{self.event_shape}; set model.event_shape (or let the CLI link it)"
             )
@@ -433,7 +433,7 @@ class FlowModule(L.LightningModule):
 
         model = load_pretrained(name_or_path, **kwargs)
         if not isinstance(model, cls):
-            raise TypeError(f"{name_or_path!r} holds a {type(model).__name__}, not a {cls.__name__}")
+            raise DataTypeError(f"{name_or_path!r} holds a {type(model).__name__}, not a {cls.__name__}")
         return model
 
     @classmethod

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from unflow_zoo.errors import ConfigError
+
 if TYPE_CHECKING:
     from unflow_zoo.models.base import FlowModule
 
@@ -19,7 +21,7 @@ def register_model(name: str) -> Callable[[T], T]:
 
     def wrap(cls: T) -> T:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"model name {name!r} is already registered to {_REGISTRY[name].__name__}")
+            raise ConfigError(f"model name {name!r} is already registered to {_REGISTRY[name].__name__}")
         _REGISTRY[name] = cls  # type: ignore[assignment]
         cls.registry_name = name  # type: ignore[attr-defined]
         return cls
@@ -36,7 +38,7 @@ def get_model_class(name: str) -> type[FlowModule]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}") from None
+        raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(list_models())}") from None
 
 
 def create_model(name: str, **hparams: Any) -> FlowModule:

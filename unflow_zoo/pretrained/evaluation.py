@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from unflow_zoo.errors import ConfigError
 from unflow_zoo.pretrained.preprocessing import RawDataFlow
 
 __all__ = ["evaluate_split", "split_data"]
@@ -32,14 +33,15 @@ __all__ = ["evaluate_split", "split_data"]
 def split_data(datamodule: Any, split: str = "test") -> Tensor:
     """The served points of ``split`` (``train``, ``val`` or ``test``), after ``setup()``."""
     if split not in ("train", "val", "test"):
-        raise ValueError(f"split must be train, val or test, got {split!r}")
+        raise ConfigError(f"split must be train, val or test, got {split!r}")
     datamodule.setup("test" if split == "test" else "fit")
     data = getattr(datamodule, f"{split}_data", None)
     if data is None:
         loader = getattr(datamodule, f"{split}_dataloader")()
         data = torch.cat([b[0] if isinstance(b, (tuple, list)) else b for b in loader])
     if len(data) == 0:
-        raise ValueError(f"the data module has an empty {split} split; set its {split}_fraction above 0")
+        fix = f" (on the command line: --data.{split}_fraction 0.1)" if split != "train" else ""
+        raise ConfigError(f"the data module has an empty {split} split; set its {split}_fraction above 0{fix}")
     return data
 
 
@@ -62,7 +64,7 @@ def evaluate_split(model: Any, datamodule: Any, split: str = "test", batch_size:
     raw_input = isinstance(model.flow, RawDataFlow)
     to_raw = getattr(datamodule, "transform_to_raw", None)
     if raw_input and not callable(to_raw):
-        raise ValueError(f"{type(datamodule).__name__} cannot map served points to raw ones (no transform_to_raw)")
+        raise ConfigError(f"{type(datamodule).__name__} cannot map served points to raw ones (no transform_to_raw)")
     pixel_log_det = getattr(datamodule, "pixel_log_det", None)
     true_log_prob = getattr(datamodule, "true_log_prob", None)
     nll_sum = bpd_nll_sum = kl_sum = 0.0

@@ -31,7 +31,7 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from unflow_zoo.errors import FormatError, IntegrityError
+from unflow_zoo.errors import DataTypeError, FormatError, IntegrityError
 
 __all__ = [
     "CONFIG_FILE",
@@ -82,7 +82,7 @@ def to_json(value: Any) -> Any:
         return value
     if hasattr(value, "tolist"):  # torch.Tensor, numpy arrays and scalars
         return to_json(value.tolist())
-    raise TypeError(
+    raise DataTypeError(
         f"cannot store a {type(value).__name__} ({value!r}) in config.json; hyper-parameters must be "
         "numbers, strings, booleans, None, or lists/dicts of them"
     )

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from unflow_zoo.core.flow import Flow
 from unflow_zoo.core.transform import Compose
+from unflow_zoo.errors import DataError, DataTypeError
 from unflow_zoo.transforms.affine import Affine
 
 __all__ = ["RawDataFlow", "attach_standardization", "served_flow", "served_state_dict"]
@@ -53,9 +54,9 @@ def attach_standardization(model: Any, mean: Any, std: Any) -> None:
     mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(model.event_shape)
     std_t = torch.as_tensor(std, dtype=torch.float32).reshape(model.event_shape)
     if not torch.isfinite(std_t).all() or (std_t <= 0).any() or not torch.isfinite(mean_t).all():
-        raise ValueError(f"standardisation needs finite means and positive finite stds, got mean={mean}, std={std}")
+        raise DataError(f"standardisation needs finite means and positive finite stds, got mean={mean}, std={std}")
     if isinstance(model.flow, RawDataFlow):
-        raise TypeError("this flow already carries a standardisation; attach one only to a flow over served data")
+        raise DataTypeError("this flow already carries a standardisation; attach one only to a flow over served data")
     model.flow = RawDataFlow(model.flow, mean_t, std_t)
 
 

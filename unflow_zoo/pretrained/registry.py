@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from unflow_zoo.errors import ConfigError
+from unflow_zoo.errors import ConfigError, DataTypeError
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -45,7 +45,7 @@ def load_registry(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
     data = json.loads(path.read_text())
     flows = data.get("flows", {})
     if not isinstance(flows, dict):
-        raise TypeError(f"{path}: 'flows' must be an object of name -> entry")
+        raise DataTypeError(f"{path}: 'flows' must be an object of name -> entry")
     return flows
 
 
@@ -67,7 +67,7 @@ def pretrained_info(name: str) -> dict[str, Any]:
     """The registry entry of ``name``: family, dataset, description, metrics, license, files' sha256.
 
     Raises:
-        ValueError: ``name`` is not registered; the message lists the names that are.
+        ConfigError: ``name`` is not registered; the message lists the names that are (a ``ValueError``).
     """
     registry = load_registry()
     if name not in registry:

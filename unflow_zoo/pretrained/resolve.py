@@ -31,6 +31,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from unflow_zoo.errors import ConfigError, MissingDependencyError, MissingFileError
 from unflow_zoo.pretrained.format import CONFIG_FILE, WEIGHTS_FILE, FormatError, check_sha256
 from unflow_zoo.pretrained.registry import CHECKPOINTS_DIR, load_registry, unknown_name_error
 from unflow_zoo.pretrained.serialization import load_folder
@@ -144,7 +145,7 @@ def _fetch_url(url: str, cache: Path, offline: bool, sha256: str | None, files: 
         targets = {name: (base, where / name, sha256)}
     missing = {k: v for k, v in targets.items() if not _cached(v[1], v[2])}
     if missing and offline:
-        raise OSError(
+        raise MissingFileError(
             f"{base} is not in the cache ({where}) and the network is off (offline=True or HF_HUB_OFFLINE=1); "
             "download it once online, or pass a local path"
         )
@@ -159,12 +160,12 @@ def _fetch_hf(spec: str, cache: Path, offline: bool, files: dict[str, str]) -> A
     rest, _, revision = rest.partition("@")
     parts = rest.strip("/").split("/")
     if len(parts) < 2 or not all(parts):
-        raise ValueError(f"expected hf://user/repo[/subfolder][@revision], got {spec!r}")
+        raise ConfigError(f"expected hf://user/repo[/subfolder][@revision], got {spec!r}")
     repo_id, subfolder = "/".join(parts[:2]), "/".join(parts[2:]) or None
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:  # pragma: no cover - installed with datasets
-        raise ImportError("hf:// names need huggingface_hub: pip install huggingface_hub") from None
+        raise MissingDependencyError("hf:// names need huggingface_hub: pip install huggingface_hub") from None
     folder: Path | None = None
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         try:
@@ -180,7 +181,7 @@ def _fetch_hf(spec: str, cache: Path, offline: bool, files: dict[str, str]) -> A
             )
         except (OSError, ValueError) as e:  # huggingface_hub's errors derive from these; all: "not available"
             where = "in the local cache (offline)" if offline else "on the Hub"
-            raise OSError(f"cannot get {name} of {spec} {where}: {e}") from None
+            raise MissingFileError(f"cannot get {name} of {spec} {where}: {e}") from None
         if name in files:
             check_sha256(local, files[name])
         folder = local.parent
@@ -220,10 +221,10 @@ def load_pretrained(name_or_path: str | Path, *, cache_dir: str | Path | None = 
     ``pretrained_config`` holds the record (metrics, data, license).
 
     Raises:
-        ValueError: unknown name (the message lists the available ones).
+        ConfigError: unknown name (the message lists the available ones; a ``ValueError``).
         IntegrityError: a file's sha256 differs from the recorded one; nothing is loaded.
         FormatError: a newer format version, an unknown family, an unsafe zip.
-        OSError: the flow is not available locally and the network is off.
+        MissingFileError: the flow is not available locally and the network is off (an ``OSError``).
     """
     offline = is_offline(offline)
     cache = cache_root(cache_dir)
@@ -252,4 +253,6 @@ def load_pretrained(name_or_path: str | Path, *, cache_dir: str | Path | None = 
         return _fetch_hf(str(entry["hf"]), cache, offline, files)
     if entry.get("url"):
         return _fetch_url(str(entry["url"]), cache, offline, entry.get("sha256"), files)
-    raise OSError(f"{spec!r} is registered but has no packaged files, no cached copy in {cache} and no url/hf source")
+    raise MissingFileError(
+        f"{spec!r} is registered but has no packaged files, no cached copy in {cache} and no url/hf source"
+    )

@@ -25,7 +25,7 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from unflow_zoo.errors import DataError, UnsafeFileError
+from unflow_zoo.errors import ConfigError, DataError, UnsafeFileError
 from unflow_zoo.pretrained.format import (
     CONFIG_FILE,
     FORMAT_VERSION,
@@ -108,7 +108,7 @@ def save_pretrained(
     except ValueError:
         registered = None
     if registered is not type(model):
-        raise ValueError(
+        raise ConfigError(
             f"cannot save a {type(model).__name__}: its class is not a registered family, so a loader could "
             "not rebuild it. Decorate it with @unflow_zoo.models.register_model('name') (and import it before "
             "loading)"

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from unflow_zoo.errors import ConfigError, DataError
 from unflow_zoo.transforms.monotone import ConstrainedMonotone
 from unflow_zoo.transforms.positive import log_positive
 from unflow_zoo.transforms.relu_integral import relu_net_integral_and_value
@@ -56,7 +57,7 @@ class _Ensemble(nn.Module):
 
     def check_batch(self, x: Tensor) -> None:
         if x.ndim != 3 or x.shape[0] != self.members or x.shape[2] != self.features:
-            raise ValueError(
+            raise DataError(
                 f"{type(self).__name__} of {self.members} members over {self.features} features expects a batch "
                 f"of shape ({self.members}, B, {self.features}), got {tuple(x.shape)}"
             )
@@ -139,13 +140,15 @@ class ConstrainedEnsemble(_Ensemble):
         first = transforms[0]
         for t in transforms:
             if not isinstance(t, ConstrainedMonotone) or t.depth != 1 or t.positivity != "clamp":
-                raise ValueError("ConstrainedEnsemble takes one-hidden-layer ConstrainedMonotone maps with clamp positivity")
+                raise ConfigError(
+                    "ConstrainedEnsemble takes one-hidden-layer ConstrainedMonotone maps with clamp positivity"
+                )
             if (t.features, t.width, t.c, t.eps, t.linear_term, t.autoregressive) != (
                 first.features, first.width, first.c, first.eps, first.linear_term, first.autoregressive
             ):  # fmt: skip
-                raise ValueError("every member must have the same features, width, scale, eps and linear term")
+                raise ConfigError("every member must have the same features, width, scale, eps and linear term")
             if set(t.train_layers) != {"W", "b", "a"}:
-                raise ValueError("ConstrainedEnsemble trains every layer (train_layers W, b, a)")
+                raise ConfigError("ConstrainedEnsemble trains every layer (train_layers W, b, a)")
         with torch.no_grad():
             w = torch.stack([t.w_diag[0].squeeze(-1) for t in transforms]).float()
             b = torch.stack([t.b[0] for t in transforms]).float()
@@ -228,12 +231,16 @@ class UnconstrainedEnsemble(_Ensemble):
         first = transforms[0]
         for t in transforms:
             if not isinstance(t, PaperUnconstrainedTransform) or not t._uniform_right:
-                raise ValueError("UnconstrainedEnsemble takes PaperUnconstrainedTransform members with quadrature='riemann'")
+                raise ConfigError(
+                    "UnconstrainedEnsemble takes PaperUnconstrainedTransform members with quadrature='riemann'"
+                )
             if (t.features, t.width, t.phi, t.min_slope, t.quadrature.n_nodes, isinstance(t.a, nn.Parameter)) != (
                 first.features, first.width, first.phi, first.min_slope, first.quadrature.n_nodes,
                 isinstance(first.a, nn.Parameter),
             ):  # fmt: skip
-                raise ValueError("every member must have the same features, width, phi, min_slope, nodes and top layer")
+                raise ConfigError(
+                    "every member must have the same features, width, phi, min_slope, nodes and top layer"
+                )
         with torch.no_grad():
             w_x = torch.stack([t.W * t.mask for t in transforms]).float()
             w_t = torch.stack([t.w_t for t in transforms]).float()
@@ -253,7 +260,7 @@ class UnconstrainedEnsemble(_Ensemble):
             c = self.b.reshape(e * d, 1, m)  # shared by the points: the kernel sums its gradient
         else:
             wx = (self.w_x * self.mask_x).reshape(e, d * m, d)
-            c = (torch.bmm(x, wx.transpose(1, 2)).view(e, batch, d, m) + self.b.unsqueeze(1))
+            c = torch.bmm(x, wx.transpose(1, 2)).view(e, batch, d, m) + self.b.unsqueeze(1)
             c = c.permute(0, 2, 1, 3).reshape(e * d, batch, m)
         xg = x.permute(0, 2, 1).reshape(e * d, batch)
         y, nx = relu_net_integral_and_value(

@@ -64,7 +64,7 @@ import torch
 from torch import Tensor
 
 from unflow_zoo.data import DensityDataModule
-from unflow_zoo.errors import ConfigError
+from unflow_zoo.errors import ConfigError, MissingDependencyError
 from unflow_zoo.studies.ensemble import ConstrainedEnsemble, UnconstrainedEnsemble, _Ensemble
 from unflow_zoo.transforms.monotone import ConstrainedMonotone
 from unflow_zoo.transforms.paper_integral import PaperUnconstrainedTransform
@@ -260,7 +260,7 @@ def load_split(data: str, seed: int, scaling: str, config: StudyConfig) -> Split
         radius = float(train.norm(dim=1).max())
         std = torch.full((train.shape[1],), 2.0 * radius if radius > 0 else 1.0, dtype=torch.float64)
     else:
-        raise ValueError(f"unknown scaling {scaling!r}; choose standardize or ball")
+        raise ConfigError(f"unknown scaling {scaling!r}; choose standardize or ball")
     true_nll = math.nan
     if dm.has_true_density:
         lp = dm.true_log_prob(test)
@@ -302,7 +302,7 @@ def member_transform(family: str, width: int, features: int, seed: int, lower: T
             phi="elu", min_slope=0.0, base="exponential", lower_limit=[float(v) for v in lower],
         )  # fmt: skip
     else:
-        raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
+        raise ConfigError(f"unknown family {family!r}; choose one of {FAMILIES}")
     transforms = [
         m for m in model.flow.transform.modules() if isinstance(m, (ConstrainedMonotone, PaperUnconstrainedTransform))
     ]
@@ -342,10 +342,10 @@ def jobs_of(config: StudyConfig) -> list[Job]:
     jobs = []
     for variant in config.variants:
         if variant not in VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+            raise ConfigError(f"unknown variant {variant!r}; choose from {VARIANTS}")
         for family in config.families:
             if family not in FAMILIES:
-                raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
+                raise ConfigError(f"unknown family {family!r}; choose from {FAMILIES}")
             if family not in config.variant_families.get(variant, FAMILIES):
                 continue
             widths = config.widths_for(family)
@@ -526,7 +526,7 @@ def run_study(config: StudyConfig, executor: str = "local", say: Callable[[str],
     (submitit's local executor, for testing the cluster path on one machine).
     """
     if config.out is None:
-        raise ValueError("the study needs an output folder (--out DIR)")
+        raise ConfigError("the study needs an output folder (--out DIR)")
     out = Path(config.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     _write_config(config, out)
@@ -543,7 +543,7 @@ def run_study(config: StudyConfig, executor: str = "local", say: Callable[[str],
     elif executor in ("slurm", "submitit-local"):
         _run_submitit(todo, config, executor, say)
     else:
-        raise ValueError(f"unknown executor {executor!r}; choose local, slurm or submitit-local")
+        raise ConfigError(f"unknown executor {executor!r}; choose local, slurm or submitit-local")
     return merge_runs(out)
 
 
@@ -614,7 +614,7 @@ def _run_submitit(todo: list[Job], config: StudyConfig, executor: str, say: Call
     try:
         import submitit
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
+        raise MissingDependencyError(
             "the cluster executors need submitit: pip install 'unflow-zoo[cluster]' (or pip install submitit)"
         ) from err
     if not todo:
