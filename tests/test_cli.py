@@ -137,14 +137,16 @@ def test_fit_leaves_checkpoint_and_figure_and_prints_them(tmp_path, capsys):
     out = capsys.readouterr().out
     ckpts = sorted(tmp_path.rglob("*.ckpt"))
     figs = list(tmp_path.rglob("density.png"))
-    # the latest epoch (ModelCheckpoint's top-k file) and last.ckpt, the one the run names
-    assert [c.name for c in ckpts] == ["epoch=0-step=5.ckpt", "last.ckpt"] and len(figs) == 1
-    assert f"checkpoint: {ckpts[1].resolve()}" in out
+    # the best validated weights, the latest epoch (ModelCheckpoint's top-k file) and last.ckpt,
+    # the one to resume from
+    assert [c.name for c in ckpts] == ["best.ckpt", "epoch=0-step=5.ckpt", "last.ckpt"] and len(figs) == 1
+    assert f"checkpoint: {ckpts[2].resolve()}" in out
+    assert f"best:       {ckpts[0].resolve()}" in out and "(tested below)" in out
     assert f"figure:     {figs[0].resolve()}" in out
     assert "test_nll" in out and "test_kl" in out
     assert "non-finite" not in out and "test_nonfinite" not in out  # only shown when above zero
     # the checkpoint reloads without unpickling arbitrary objects
-    state = torch.load(ckpts[1], map_location="cpu", weights_only=True)
+    state = torch.load(ckpts[2], map_location="cpu", weights_only=True)
     assert "state_dict" in state
 
 
@@ -419,3 +421,29 @@ def test_printed_summary_keeps_inf_and_nan():
         "test_nonfinite 12 rows with a non-finite log-density",
         "val_nll     1.5000",
     ]
+
+
+def test_help_lists_every_command_and_no_predict(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("fit", "validate", "test", "pretrained", "sample", "evaluate", "export", "study overparam"):
+        assert command in out, command
+    assert "predict" not in out
+
+
+def test_fit_tests_the_best_validated_weights(tmp_path, capsys):
+    """The test after fit scores best.ckpt (lowest val_nll), not the last weights."""
+    argv = ["--config", str(ROOT / "configs/quickstart.yaml"), "--trainer.max_epochs=4",
+            "--trainer.limit_train_batches=3", "--trainer.check_val_every_n_epoch=1",
+            "--trainer.enable_progress_bar=false", "--data.n_samples=1000", "--plot.enabled=false",
+            "--model.init_args.lr=0.05"]  # fmt: skip
+    _run(["fit", *argv, f"--trainer.default_root_dir={tmp_path / 'a'}"])
+    printed = capsys.readouterr().out
+    (best,) = (tmp_path / "a").rglob("best.ckpt")
+    tested = float(next(line for line in printed.splitlines() if line.startswith("test_nll")).split()[1])
+    _run(["test", *argv, f"--trainer.default_root_dir={tmp_path / 'b'}", f"--ckpt_path={best}"])
+    assert f"{tested:.4f}" in capsys.readouterr().out  # the same number as testing best.ckpt itself
+    _run(["fit", *argv, f"--trainer.default_root_dir={tmp_path / 'c'}", "--best_checkpoint=false"])
+    assert not list((tmp_path / "c").rglob("best.ckpt")) and "best:" not in capsys.readouterr().out

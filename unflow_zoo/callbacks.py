@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from unflow_zoo.errors import ConfigError, DivergenceError
 
-__all__ = ["LastFiniteCheckpoint", "RunCheckpoint", "WeightMovementCallback", "parameter_groups_of"]
+__all__ = ["BestCheckpoint", "LastFiniteCheckpoint", "RunCheckpoint", "WeightMovementCallback", "parameter_groups_of"]
 
 ParameterGroups = dict[str, list[Tensor]]
 
@@ -285,6 +285,22 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             return
         super().on_train_end(trainer, pl_module)
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """The weights with the lowest validation NLL so far, as ``best.ckpt`` (one file, replaced).
+
+    A :class:`~lightning.pytorch.callbacks.ModelCheckpoint` with ``monitor="val_nll"``,
+    ``mode="min"``, ``save_top_k=1``, saved after each validation. The CLI adds it beside
+    :class:`RunCheckpoint` and tests on it after fit, so that a run stopped early (or one whose
+    last epochs overfit) reports the test NLL of its best validated weights, not of the last.
+    A run that never validates writes no ``best.ckpt``.
+    """
+
+    def __init__(self, dirpath: str | None = None, filename: str = "best", **kwargs: Any) -> None:
+        kwargs = {"monitor": "val_nll", "mode": "min", "save_top_k": 1, "save_last": False, **kwargs}
+        super().__init__(dirpath=dirpath, filename=filename, save_on_train_epoch_end=False, **kwargs)
+        self.CHECKPOINT_JOIN_CHAR = "-"
 
 
 class LastFiniteCheckpoint(L.Callback):

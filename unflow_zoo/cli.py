@@ -19,7 +19,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from unflow_zoo.callbacks import LastFiniteCheckpoint, RunCheckpoint
+from unflow_zoo.callbacks import BestCheckpoint, LastFiniteCheckpoint, RunCheckpoint
 from unflow_zoo.commands import COMMANDS, run_command
 from unflow_zoo.data import DensityDataModule
 from unflow_zoo.errors import UnflowZooError, UnsafeFileError
@@ -57,6 +57,18 @@ class FlowCLI(LightningCLI):
         parser.add_lightning_class_args(DensityPlotCallback, "plot")
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.add_argument("--test_after_fit", type=bool, default=True, help="evaluate on the test split after fit")
+        parser.add_argument(
+            "--best_checkpoint",
+            type=bool,
+            default=True,
+            help="keep the lowest-val_nll weights as best.ckpt and test on them after fit",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        cfg = (
+            self.config.get(self.config.get("subcommand"), self.config) if "subcommand" in self.config else self.config
+        )
+        self._best_checkpoint = bool(cfg.get("best_checkpoint", True)) and self.config.get("subcommand") == "fit"
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         """The default checkpoints: :class:`RunCheckpoint` unless checkpointing is off or the config
@@ -67,9 +79,17 @@ class FlowCLI(LightningCLI):
             isinstance(c, ModelCheckpoint) for c in own
         )
         callbacks = [c for c in callbacks if keep_run or not isinstance(c, RunCheckpoint)]
+        if keep_run and getattr(self, "_best_checkpoint", False):
+            callbacks.append(BestCheckpoint())
         if not any(isinstance(c, LastFiniteCheckpoint) for c in [*own, *callbacks]):
             callbacks.append(LastFiniteCheckpoint())
         return super()._instantiate_trainer(config, callbacks)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """fit, validate and test; Lightning's ``predict`` is left out: a density model has no
+        prediction to write (``unflow-zoo sample`` / ``evaluate`` do what it would)."""
+        return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
 
     def _parse_ckpt_path(self) -> None:
         """Lightning reads the checkpoint's hyper-parameters into the config (so ``test --ckpt_path``
@@ -116,30 +136,46 @@ class FlowCLI(LightningCLI):
         trainer, model, dm = self.trainer, self.model, self.datamodule
         results: list[dict[str, Any]] = []
         cfg = self.config.get(self.subcommand, self.config)
+        # read the checkpoint paths now: testing from best.ckpt restores every callback's state,
+        # including the paths, to what they were when best.ckpt was written
+        path = _resume_path(next((c for c in trainer.checkpoint_callbacks if not isinstance(c, BestCheckpoint)), None))
+        best = next((c for c in trainer.callbacks if isinstance(c, BestCheckpoint)), None)
+        # every rank must test the same file: rank 0's path, broadcast
+        best_path = trainer.strategy.broadcast(best.best_model_path if best is not None else "")
+        best_score = (
+            float(best.best_model_score) if best is not None and best.best_model_score is not None else math.nan
+        )
         if cfg.get("test_after_fit", True) and getattr(dm.hparams, "test_fraction", 0) > 0:
-            results = trainer.test(model, datamodule=dm, verbose=False)
+            if best_path:
+                results = trainer.test(model, datamodule=dm, verbose=False, ckpt_path=best_path, weights_only=True)
+            else:
+                results = trainer.test(model, datamodule=dm, verbose=False)
         # log_dir syncs across ranks under DDP: every rank must ask, or rank 0 waits forever
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if not trainer.is_global_zero:
             return
-        ckpt = trainer.checkpoint_callback
-        path = ""
-        if ckpt is not None:
-            # with no monitor the top-k file is just the latest epoch: name last.ckpt, the one to resume from
-            first, second = (
-                (ckpt.best_model_path, ckpt.last_model_path)
-                if ckpt.monitor
-                else (ckpt.last_model_path, ckpt.best_model_path)
-            )
-            path = first or second
         plot = next((c for c in trainer.callbacks if isinstance(c, DensityPlotCallback)), None)
         print(f"\nrun folder: {run_dir.resolve()}")
         if path:
             print(f"checkpoint: {Path(path).resolve()}")
+        if best_path:
+            tested = " (tested below)" if results else ""
+            print(f"best:       {Path(best_path).resolve()}  val_nll {best_score:.4f}{tested}")
         if plot is not None and plot.last_path is not None:
             print(f"figure:     {plot.last_path.resolve()}")
         if results:
             print(_format_results(results[0]))
+
+
+def _resume_path(ckpt: ModelCheckpoint | None) -> str:
+    """The file a run resumes from: with no monitor the top-k file is just the latest epoch, so
+    ``last.ckpt``; with one, its best file."""
+    if ckpt is None:
+        return ""
+    first, second = (
+        (ckpt.best_model_path, ckpt.last_model_path) if ckpt.monitor else (ckpt.last_model_path, ckpt.best_model_path)
+    )
+    return first or second
 
 
 def _format_results(metrics: dict[str, Any]) -> str:

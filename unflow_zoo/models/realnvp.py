@@ -57,11 +57,7 @@ class RealNVP(FlowModule):
     def build_flow(self) -> Flow:
         hp = self.hparams
         name = "realnvp"
-        v.event_shape(self.event_shape, owner=name)
-        n_layers = v.positive_int("n_layers", hp.n_layers, owner=name)
-        hidden = v.positive_ints("hidden", hp.hidden, owner=name)
-        v.mlp_activation("act", hp.act, owner=name)
-        scale_clamp = v.optional_positive_float("scale_clamp", hp.scale_clamp, owner=name)
+        n_layers, hidden, scale_clamp = v.affine_stack(hp, owner=name)
         with v.config_errors(name):
             d = self.vector_features()
             if d < 2:

@@ -27,6 +27,7 @@ from typing import Any
 from unflow_zoo.errors import ConfigError, UnflowZooError
 
 __all__ = [
+    "affine_stack",
     "config_errors",
     "event_shape",
     "in_range",
@@ -213,3 +214,12 @@ def mlp_activation(name: str, value: Any, *, owner: str = DEFAULT_OWNER) -> str:
     from unflow_zoo.nn.mlp import _ACTIVATIONS
 
     return one_of(name, value, sorted(_ACTIVATIONS), owner=owner)
+
+
+def affine_stack(hp: Any, *, owner: str) -> tuple[int, list[int], float | None]:
+    """``(n_layers, hidden, scale_clamp)`` of an affine MLP/MADE family (maf, realnvp), checked with its ``act``."""
+    event_shape(hp.event_shape, owner=owner)
+    n_layers = positive_int("n_layers", hp.n_layers, owner=owner)
+    hidden = positive_ints("hidden", hp.hidden, owner=owner)
+    mlp_activation("act", hp.act, owner=owner)
+    return n_layers, hidden, optional_positive_float("scale_clamp", hp.scale_clamp, owner=owner)
