@@ -743,3 +743,16 @@ def test_resumed_fit_continues_the_shuffle_order(tmp_path, trainer_factory):
     run(1, save=tmp_path / "e1.ckpt")
     resumed = run(2, ckpt=tmp_path / "e1.ckpt")
     torch.testing.assert_close(resumed, straight, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("download", [True, False])
+def test_prepare_data_downloads_uci_and_mnist_once_before_setup(monkeypatch, download):
+    import unflow_zoo.data.module as module_mod
+    import unflow_zoo.data.uci as uci_mod
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(uci_mod, "load_uci", lambda name, data_dir, download=False: calls.append((name, download)))
+    monkeypatch.setattr(module_mod, "load_mnist", lambda data_dir, download=False: calls.append(("mnist", download)))
+    for dataset in ("power", "mnist", "moons"):
+        DensityDataModule(dataset, download=download).prepare_data()
+    assert calls == ([("power", True), ("mnist", True)] if download else [])

@@ -481,6 +481,24 @@ class DensityDataModule(L.LightningDataModule):
                     stacklevel=3,
                 )
 
+    def prepare_data(self) -> None:
+        """Fetch missing files before any process's :meth:`setup`, with ``download=True``.
+
+        Lightning calls this on one process per node and waits for it, so under DDP the UCI
+        archive (with its preprocessed cache) and MNIST are downloaded once per node, not by
+        every rank at once; :meth:`setup` then reads what is on disk. Nothing to do for the
+        other sources. Called outside a Trainer, :meth:`setup` still downloads what is missing.
+        """
+        hp = self.hparams
+        if not hp.download:
+            return
+        if self.is_uci:
+            from unflow_zoo.data.uci import load_uci  # lazily: see _uci_datasets
+
+            load_uci(hp.dataset, hp.data_dir, download=True)
+        elif hp.dataset == "mnist":
+            load_mnist(hp.data_dir, download=True)
+
     def setup(self, stage: str | None = None) -> None:
         """Draw or read the data, validate, shuffle, split and (optionally) scale; runs once."""
         if self.is_setup:
