@@ -20,7 +20,7 @@ import torch
 
 from unflow_zoo import create_model, load_pretrained
 from unflow_zoo.cli import main
-from unflow_zoo.errors import UnsafeFileError
+from unflow_zoo.errors import FormatError, UnsafeFileError
 from unflow_zoo.models import FlowModule
 from unflow_zoo.pretrained import rebuild_datamodule, save_pretrained
 from unflow_zoo.pretrained.convert import export_checkpoint, read_checkpoint
@@ -166,7 +166,7 @@ def test_a_file_that_is_not_a_checkpoint_gets_a_clear_error(tmp_path, capsys):
     _cli_refuses(["export", str(text), str(tmp_path / "out")], capsys, "is not a torch checkpoint")
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(bytes(range(256)) * 8)
-    with pytest.raises(Exception, match="not a torch checkpoint"):
+    with pytest.raises(FormatError, match="not a torch checkpoint"):
         read_checkpoint(junk)
 
 

@@ -300,7 +300,6 @@ class BestCheckpoint(ModelCheckpoint):
     def __init__(self, dirpath: str | None = None, filename: str = "best", **kwargs: Any) -> None:
         kwargs = {"monitor": "val_nll", "mode": "min", "save_top_k": 1, "save_last": False, **kwargs}
         super().__init__(dirpath=dirpath, filename=filename, save_on_train_epoch_end=False, **kwargs)
-        self.CHECKPOINT_JOIN_CHAR = "-"
 
 
 class LastFiniteCheckpoint(L.Callback):

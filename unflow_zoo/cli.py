@@ -64,12 +64,6 @@ class FlowCLI(LightningCLI):
             help="keep the lowest-val_nll weights as best.ckpt and test on them after fit",
         )
 
-    def before_instantiate_classes(self) -> None:
-        cfg = (
-            self.config.get(self.config.get("subcommand"), self.config) if "subcommand" in self.config else self.config
-        )
-        self._best_checkpoint = bool(cfg.get("best_checkpoint", True)) and self.config.get("subcommand") == "fit"
-
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         """The default checkpoints: :class:`RunCheckpoint` unless checkpointing is off or the config
         brings its own ``ModelCheckpoint``; :class:`LastFiniteCheckpoint` unless it brings one."""
@@ -79,7 +73,8 @@ class FlowCLI(LightningCLI):
             isinstance(c, ModelCheckpoint) for c in own
         )
         callbacks = [c for c in callbacks if keep_run or not isinstance(c, RunCheckpoint)]
-        if keep_run and getattr(self, "_best_checkpoint", False):
+        sub = self.subcommand  # None when the CLI only parses (run=False)
+        if keep_run and sub == "fit" and self.config[sub].get("best_checkpoint", True):
             callbacks.append(BestCheckpoint())
         if not any(isinstance(c, LastFiniteCheckpoint) for c in [*own, *callbacks]):
             callbacks.append(LastFiniteCheckpoint())

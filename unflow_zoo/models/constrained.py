@@ -94,7 +94,6 @@ class ConstrainedFlow(FlowModule):
     def build_flow(self) -> Flow:
         hp = self.hparams
         name = "constrained"
-        v.event_shape(self.event_shape, owner=name)
         width = v.positive_int("width", hp.width, owner=name)
         depth = v.positive_int("depth", hp.depth, owner=name)
         positivity = v.one_of("positivity", hp.positivity, POSITIVITY, owner=name)

@@ -101,7 +101,6 @@ class FFJORD(FlowModule):
     def build_flow(self) -> Flow:
         hp = self.hparams
         name = "ffjord"
-        v.event_shape(self.event_shape, owner=name)
         n_blocks = v.positive_int("n_blocks", hp.n_blocks, owner=name)
         hidden = v.positive_ints(
             "hidden", hp.hidden, owner=name, allow_empty=False, fix="pass e.g. hidden=[64, 64, 64]"

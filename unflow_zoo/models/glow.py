@@ -80,7 +80,6 @@ class Glow(FlowModule):
     def build_flow(self) -> Flow:
         hp = self.hparams
         name = "glow"
-        v.event_shape(self.event_shape, owner=name)
         scale_clamp = v.optional_positive_float("scale_clamp", hp.scale_clamp, owner=name)
         with v.config_errors(name):
             if len(self.event_shape) == 3:

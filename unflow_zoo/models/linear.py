@@ -47,7 +47,6 @@ class LinearFlow(FlowModule):
         super().__init__(event_shape=event_shape, **kwargs)
 
     def build_flow(self) -> Flow:
-        v.event_shape(self.event_shape, owner="linear")
         n_layers = v.positive_int("n_layers", self.hparams.n_layers, owner="linear")
         with v.config_errors("linear"):
             d = self.vector_features()

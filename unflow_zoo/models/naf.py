@@ -72,7 +72,6 @@ class NeuralAutoregressiveFlow(FlowModule):
     def build_flow(self) -> Flow:
         hp = self.hparams
         name = "naf"
-        v.event_shape(self.event_shape, owner=name)
         n_layers = v.positive_int("n_layers", hp.n_layers, owner=name)
         hidden = v.positive_ints("hidden", hp.hidden, owner=name)
         units = v.positive_int("dsf_units", hp.dsf_units, owner=name)

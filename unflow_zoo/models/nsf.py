@@ -74,7 +74,6 @@ class NeuralSplineFlow(FlowModule):
     def build_flow(self) -> Flow:
         hp = self.hparams
         name = "nsf"
-        v.event_shape(self.event_shape, owner=name)
         variant = v.one_of("variant", hp.variant, ("autoregressive", "coupling"), owner=name)
         n_layers = v.positive_int("n_layers", hp.n_layers, owner=name)
         hidden = v.positive_ints("hidden", hp.hidden, owner=name)

@@ -105,7 +105,6 @@ class SelfNormalizingFlow(FlowModule):
     def build_flow(self) -> Flow:
         hp = self.hparams
         name = "snf"
-        v.event_shape(self.event_shape, owner=name)
         n_layers = v.positive_int("n_layers", hp.n_layers, owner=name)
         act = v.one_of("act", hp.act, ("smooth_leaky_relu", "leaky_relu"), owner=name)
         if act == "smooth_leaky_relu":  # SmoothLeakyReLU takes alpha in (0, 1], LeakyReLU any alpha > 0

@@ -151,7 +151,6 @@ class UnconstrainedFlow(FlowModule):
     def build_flow(self) -> Flow:
         hp = self.hparams
         name = "unconstrained"
-        v.event_shape(self.event_shape, owner=name)
         layout = v.one_of("layout", hp.layout, LAYOUTS, owner=name)
         integrand = v.one_of("integrand", hp.integrand, ("mlp", "paper"), owner=name)
         n_layers = v.positive_int("n_layers", hp.n_layers, owner=name)

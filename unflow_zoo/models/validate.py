@@ -218,7 +218,6 @@ def mlp_activation(name: str, value: Any, *, owner: str = DEFAULT_OWNER) -> str:
 
 def affine_stack(hp: Any, *, owner: str) -> tuple[int, list[int], float | None]:
     """``(n_layers, hidden, scale_clamp)`` of an affine MLP/MADE family (maf, realnvp), checked with its ``act``."""
-    event_shape(hp.event_shape, owner=owner)
     n_layers = positive_int("n_layers", hp.n_layers, owner=owner)
     hidden = positive_ints("hidden", hp.hidden, owner=owner)
     mlp_activation("act", hp.act, owner=owner)

@@ -215,13 +215,13 @@ def load_folder(folder: str | Path) -> Any:
 
 def _load_weights(model: Any, state: dict[str, Any], weights: Path, family: str) -> None:
     """``state`` into ``model``, every mismatch a :class:`FormatError` naming the tensors."""
-    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+    expected = model.state_dict()
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
     if missing or unexpected:
         raise FormatError(
             f"{weights} does not fit a {family} built from {CONFIG_FILE}: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}"
         )
-    expected = model.state_dict()
     for key, value in state.items():
         if tuple(value.shape) != tuple(expected[key].shape):
             raise FormatError(

@@ -274,7 +274,6 @@ def solve_monotone(
     tol: float = 1e-6,
     max_iter: int = 200,
     owner: str = "transform",
-    stacklevel: int = 2,
     scale: Tensor | None = None,
     rtol: float | None = None,
     onto: bool = False,
@@ -320,13 +319,11 @@ def solve_monotone(
     ``floor`` (elementwise) raises the tolerance where the caller knows its map cannot be
     evaluated more accurately (the rounding of its own terms).
 
-    Runs in the dtype of ``target``; callers disable autocast. ``stacklevel`` is
-    accepted for compatibility and unused (the solver no longer warns).
+    Runs in the dtype of ``target``; callers disable autocast.
 
     References:
         Press et al., "Numerical Recipes", 3rd ed., 2007, Section 9.4 (``rtsafe``).
     """
-    del stacklevel
     if check:
         check_finite_target(target, owner)
     n = target.shape[0]
