@@ -4,20 +4,23 @@ For each entry of :data:`SPECS` this trains the entry's config through
 :class:`~unflow_zoo.cli.FlowCLI` (exactly ``unflow-zoo fit --config ...`` with the
 entry's overrides), measures the NLL on the held-out test split in raw data
 units (the standardisation travels inside the flow), writes
-``unflow_zoo/pretrained/checkpoints/<name>/`` (``config.json`` +
-``model.safetensors``) and updates ``registry.json`` with the sha256 of every
-file. An entry with several candidate configs trains each and keeps the one
-with the lowest *validation* NLL (selecting on the test split would bias the
-published test number); every candidate's numbers are recorded.
+``unflow_zoo/pretrained/checkpoints/<name>/`` (``config.json``, ``model.safetensors`` and
+the model card ``README.md``) and updates ``registry.json`` with the sha256 of ``config.json``
+and the weights (the card is documentation, not hashed). An entry with several candidate
+configs trains each and keeps the one with the lowest *validation* NLL (selecting on the
+test split would bias the published test number); every candidate's numbers are recorded.
 
 Usage::
 
     python scripts/publish_pretrained.py                       # every entry (hours on a CPU: see SPECS)
     python scripts/publish_pretrained.py --only nsf-moons      # one entry
     python scripts/publish_pretrained.py --quick --out /tmp/pt --only constrained-mog1d   # smoke run
-    python scripts/publish_pretrained.py --push hf://user/repo # also upload the folders to the Hub
+    python scripts/publish_pretrained.py --only nsf-moons --push user/nsf-moons   # also upload it to the Hub
+    python scripts/publish_pretrained.py --reindex --push user/unflow-zoo-{name}  # upload every folder, no training
 
-Adding a flow is one :class:`Spec` line in :data:`SPECS`.
+Adding a flow is one :class:`Spec` line in :data:`SPECS`. ``--push`` uploads each flow to its own
+Hugging Face Hub repo through :func:`unflow_zoo.pretrained.push_to_hub` (one flow per repo: with
+several flows, the repo id holds ``{name}``).
 
 References:
     timm's ``push_to_hf_hub`` and torchvision's weight tables: checkpoints published
@@ -43,6 +46,7 @@ if str(ROOT) not in sys.path:  # run as a plain script from a checkout
 
 from unflow_zoo.pretrained.format import CONFIG_FILE, WEIGHTS_FILE, sha256_of
 from unflow_zoo.pretrained.registry import CHECKPOINTS_DIR, REGISTRY_FILE
+from unflow_zoo.pretrained.resolve import hub_repo_id
 
 # Each FlowCLI run: no logger, no checkpoint files, no figure, no extra test pass (we measure ourselves).
 _QUIET = {
@@ -211,15 +215,32 @@ def update_registry(path: Path, entries: dict[str, dict[str, Any]]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def push_to_hub(spec: str, folders: list[Path]) -> None:  # pragma: no cover - needs the network
-    """Upload each folder to ``hf://user/repo`` as ``<name>/`` (huggingface_hub ``upload_folder``)."""
-    from huggingface_hub import HfApi
+def push_folders(
+    target: str, folders: list[Path], *, revision: str | None = None, private: bool | None = None
+) -> dict[str, Any]:
+    """Upload each folder to its own Hub repo, ``target`` with ``{name}`` replaced by the folder's name.
 
-    repo_id = spec.removeprefix("hf://").strip("/")
-    api = HfApi()
-    api.create_repo(repo_id, exist_ok=True)
+    Args:
+        target: ``owner/name`` or ``hf://owner/name``, holding ``{name}`` when there are several folders.
+        folders: pretrained folders (``<out>/<name>/``).
+        revision: the branch to commit to (default ``main``).
+        private: create new repos private.
+
+    Returns:
+        ``repo id -> CommitInfo`` of each upload.
+    """
+    from unflow_zoo.pretrained.hub import push_to_hub
+
+    if "{name}" not in target and len(folders) > 1:
+        raise SystemExit(
+            f"--push {target}: one flow per repo, so with {len(folders)} flows put {{name}} in the repo id"
+        )
+    pushed = {}
     for folder in folders:
-        api.upload_folder(repo_id=repo_id, folder_path=str(folder), path_in_repo=folder.name)
+        repo_id = target.removeprefix("hf://").replace("{name}", folder.name)
+        pushed[repo_id] = push_to_hub(folder, repo_id, revision=revision, private=private)
+        print(f"pushed {folder} to https://huggingface.co/{repo_id}")
+    return pushed
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -230,14 +251,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--registry", type=Path, default=None, help="registry.json to update (default: the packaged one, or OUT's)"
     )
     parser.add_argument("--quick", action="store_true", help="1 epoch of 3 batches: a smoke run for the tests")
-    parser.add_argument("--push", metavar="hf://user/repo", help="also upload the folders to the Hugging Face Hub")
+    parser.add_argument(
+        "--push",
+        metavar="USER/REPO",
+        help="also upload each flow to its own Hub repo (user/repo or hf://user/repo; {name}: the flow's name)",
+    )
+    parser.add_argument("--revision", default=None, help="with --push: the branch to commit to (default main)")
+    parser.add_argument("--private", action="store_true", default=None, help="with --push: create new repos private")
     parser.add_argument("--list", action="store_true", help="print the entries and exit")
     parser.add_argument(
         "--reindex", action="store_true", help="rebuild the registry from the folders in OUT (no training) and exit"
     )
     args = parser.parse_args(argv)
-    if args.push is not None and not args.push.startswith("hf://"):
-        parser.error(f"--push takes hf://user/repo, got {args.push!r}")
+    if args.push is not None and hub_repo_id(args.push.removeprefix("hf://").replace("{name}", "x")) is None:
+        parser.error(f"--push takes a Hub repo id user/repo (or hf://user/repo, {{name}} allowed), got {args.push!r}")
     names = [s.name for s in SPECS]
     for name in args.only or []:
         if name not in names:
@@ -261,17 +288,21 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         entries = {p.name: registry_entry(p) for p in sorted(out.iterdir()) if (p / CONFIG_FILE).is_file()}
         registry.write_text(json.dumps({"format_version": 1, "flows": entries}, indent=2) + "\n")
         print(f"registry {registry}: {len(entries)} flows")
+        if args.push:
+            names = [n for n in entries if not args.only or n in args.only]
+            push_folders(args.push, [out / n for n in names], revision=args.revision, private=args.private)
         return entries
+    selected = [spec for spec in SPECS if not args.only or spec.name in args.only]
+    if args.push and "{name}" not in args.push and len(selected) > 1:  # before hours of training, not after
+        raise SystemExit(f"--push {args.push}: one flow per repo, so with {len(selected)} flows put {{name}} in it")
     entries: dict[str, dict[str, Any]] = {}
-    for spec in SPECS:
-        if args.only and spec.name not in args.only:
-            continue
+    for spec in selected:
         entries[spec.name] = publish(spec, out, quick=args.quick)
         update_registry(registry, {spec.name: entries[spec.name]})  # after each: a crash keeps what is done
     total = sum((out / n / f).stat().st_size for n in entries for f in (CONFIG_FILE, WEIGHTS_FILE))
     print(f"wrote {len(entries)} flows to {out} ({total / 1e6:.2f} MB), registry {registry}")
     if args.push:
-        push_to_hub(args.push, [out / n for n in entries])
+        push_folders(args.push, [out / n for n in entries], revision=args.revision, private=args.private)
     return entries
 
 

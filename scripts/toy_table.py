@@ -10,11 +10,15 @@ process with one intra-op thread, and reads the test metrics it prints:
   unbiased estimate of KL(p || q) -- the gap to the true entropy, 0 is perfect;
 - wall time of the whole run.
 
-The table goes to ``docs/toys.md`` and, between markers, into README.md.
+The table goes to ``docs/toys.md`` and, between markers, into README.md. With
+``--conditional`` the same is done for the conditional toys (``8gaussians-by-label``,
+``gaussian-by-context``: flows of p(x | c), gap = E_c KL(p(. | c) || q(. | c))), into
+``docs/conditional_toys.md`` and the README's conditional section.
 
 Usage::
 
     python scripts/toy_table.py                        # every family, both toys (tens of minutes)
+    python scripts/toy_table.py --conditional          # every family on the conditional toys
     python scripts/toy_table.py --families maf nsf     # a subset; other rows are kept
     python scripts/toy_table.py --quick --no-write     # a 1-epoch smoke run (a test runs this)
 """
@@ -32,8 +36,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from benchmarks.harness import run_cli
 
 TOYS = ("8gaussians", "checkerboard")
+CONDITIONAL_TOYS = ("8gaussians-by-label", "gaussian-by-context")
 RESULTS = ROOT / "docs" / "toys.json"
+CONDITIONAL_RESULTS = ROOT / "docs" / "conditional_toys.json"
 MARK_START, MARK_END = "<!-- toys:start -->", "<!-- toys:end -->"
+CONDITIONAL_MARKS = ("<!-- conditional-toys:start -->", "<!-- conditional-toys:end -->")
 TARGET_GAP = 0.2  # nats: the zoo's bar for a family's quick toy config
 # Affine flows cannot bend the density: their optimum is the Gaussian fit, far from these toys.
 AFFINE = {"linear"}
@@ -49,21 +56,21 @@ def run_config(config: Path, quick: bool) -> dict[str, float]:
     return run_cli(config, quick_args if quick else [], require="test_kl")
 
 
-def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
+def table(results: dict[str, dict[str, dict[str, float]]], toys: tuple[str, ...] = TOYS) -> str:
     """Gap and test NLL per family and toy. Wall times are in docs/toys.json, not here: runs
     share the machine with whatever else is running, so they are not comparable."""
     lines = [
         "| family | "
-        + " | ".join(f"{t} gap (nats)" for t in TOYS)
+        + " | ".join(f"{t} gap (nats)" for t in toys)
         + " | "
-        + " | ".join(f"{t} test NLL" for t in TOYS)
+        + " | ".join(f"{t} test NLL" for t in toys)
         + " |",
-        "|---|" + "---:|" * (2 * len(TOYS)),
+        "|---|" + "---:|" * (2 * len(toys)),
     ]
     for family in sorted(results):
         row = results[family]
         gaps, nlls = [], []
-        for toy in TOYS:
+        for toy in toys:
             r = row.get(toy)
             if r is None:
                 gaps.append("-")
@@ -76,28 +83,32 @@ def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def write_readme(body: str, path: Path = ROOT / "README.md") -> None:
+def write_readme(body: str, path: Path = ROOT / "README.md", marks: tuple[str, str] = (MARK_START, MARK_END)) -> None:
+    start, end = marks
     text = path.read_text()
-    if MARK_START not in text:
-        raise RuntimeError(f"{path} has no {MARK_START} ... {MARK_END} section to fill")
-    head, rest = text.split(MARK_START, 1)
-    _, tail = rest.split(MARK_END, 1)
-    path.write_text(f"{head}{MARK_START}\n{body}\n{MARK_END}{tail}")
+    if start not in text:
+        raise RuntimeError(f"{path} has no {start} ... {end} section to fill")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{body}\n{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", nargs="*", default=None, help="default: every family with toy configs")
-    parser.add_argument("--toys", nargs="*", default=list(TOYS), choices=TOYS)
+    parser.add_argument("--toys", nargs="*", default=None, choices=TOYS + CONDITIONAL_TOYS)
+    parser.add_argument("--conditional", action="store_true", help="the conditional toys (flows of p(x | c))")
     parser.add_argument("--quick", action="store_true", help="1 epoch of 5 batches: a smoke run")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ and README alone")
     args = parser.parse_args(argv)
+    toys = CONDITIONAL_TOYS if args.conditional else TOYS
+    store = CONDITIONAL_RESULTS if args.conditional else RESULTS
 
     results: dict[str, dict[str, dict[str, float]]] = {}
-    if not args.no_write and RESULTS.exists():
-        results = json.loads(RESULTS.read_text())
+    if not args.no_write and store.exists():
+        results = json.loads(store.read_text())
     for family in args.families or families_with_configs():
-        for toy in args.toys:
+        for toy in args.toys or toys:
             config = ROOT / "configs" / family / f"{toy}.yaml"
             if not config.exists():
                 print(f"skip {family}/{toy}: no config", file=sys.stderr)
@@ -108,11 +119,24 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
                 print(f"FAILED {family}/{toy}: {e}", file=sys.stderr)
                 continue
             results.setdefault(family, {})[toy] = r
-            print(f"{family:14s} {toy:13s} gap {r['test_kl']:.4f} nats  nll {r['test_nll']:.4f}  {r['seconds']:.0f} s")
-    body = table(results)
+            print(f"{family:14s} {toy:20s} gap {r['test_kl']:.4f} nats  nll {r['test_nll']:.4f}  {r['seconds']:.0f} s")
+    body = table(results, toys)
     print(body)
-    if not args.no_write:
-        RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    if not args.no_write and args.conditional:
+        store.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+        (ROOT / "docs" / "conditional_toys.md").write_text(
+            "# Every family on the conditional toys\n\n"
+            "Flows of p(x | c), trained on pairs (x, c). Gap = test NLL minus the true conditional entropy on "
+            "the same held-out pairs (an estimate of E_c KL(p(. | c) || q(. | c)); 0 is perfect), from "
+            "`python scripts/toy_table.py --conditional`, which runs each family's shipped config "
+            "`configs/<family>/<toy>.yaml` with `unflow-zoo fit`, one thread per run. "
+            f"Target: within {TARGET_GAP} nats (`linear` is the affine baseline: a context-dependent shift "
+            "and scale of one Gaussian cannot make two modes).\n\n"
+            f"{body}\n"
+        )
+        write_readme(body, marks=CONDITIONAL_MARKS)
+    elif not args.no_write:
+        store.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
         (ROOT / "docs" / "toys.md").write_text(
             "# Every family on the 2-D toys\n\n"
             "Gap = test NLL minus the true entropy on the same held-out points (an estimate of KL(p || q); "

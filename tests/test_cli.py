@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from unflow_zoo.cli import FlowCLI, main
 from unflow_zoo.data import DensityDataModule
@@ -116,7 +117,7 @@ def test_config_without_local_data_builds_its_model(config, tmp_path):
     assert torch.isfinite(log_prob).all(), log_prob
 
 
-def test_fit_leaves_checkpoint_and_figure_and_prints_them(tmp_path, capsys):
+def test_fit_leaves_checkpoint_and_figure_and_prints_them(tmp_path, capsys, recwarn):
     _run(
         [
             "fit",
@@ -148,6 +149,58 @@ def test_fit_leaves_checkpoint_and_figure_and_prints_them(tmp_path, capsys):
     # the checkpoint reloads without unpickling arbitrary objects
     state = torch.load(ckpts[2], map_location="cpu", weights_only=True)
     assert "state_dict" in state
+    # with no logger configured, Lightning's default is TensorBoard (a dependency), without the warning
+    # of its CSV fallback; the figure is in its Images tab, at the last training step
+    assert not [w for w in recwarn if "CSVLogger" in str(w.message)], [str(w.message) for w in recwarn]
+    events = EventAccumulator(str(figs[0].parent))
+    events.Reload()
+    assert [image.step for image in events.Images("density")] == [5]
+    # a plain fit warns of nothing from unflow-zoo's own code
+    package = str(ROOT / "unflow_zoo")
+    ours = [f"{w.filename}:{w.lineno}: {w.message}" for w in recwarn if w.filename.startswith(package)]
+    assert not ours, ours
+
+
+def test_fit_logs_the_figure_to_every_configured_logger(tmp_path):
+    """A config's own loggers replace the default, and each gets the figure (TensorBoard and a PNG for CSV)."""
+    config = tmp_path / "loggers.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            trainer:
+              logger:
+                - class_path: lightning.pytorch.loggers.CSVLogger
+                  init_args: {{save_dir: {tmp_path}, name: csv}}
+                - class_path: lightning.pytorch.loggers.TensorBoardLogger
+                  init_args: {{save_dir: {tmp_path}, name: tb}}
+            """
+        )
+    )
+    _run(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs/quickstart.yaml"),
+            "--config",
+            str(config),
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=3",
+            "--trainer.limit_val_batches=1",
+            "--trainer.check_val_every_n_epoch=1",
+            "--trainer.enable_progress_bar=false",
+            "--data.n_samples=1000",
+            "--plot.n_samples=200",
+            "--plot.points=20",
+            "--test_after_fit=false",
+        ]
+    )
+    # the run folder is the first logger's: density.png and the CSV logger's copy of it
+    csv_dir = tmp_path / "csv" / "version_0"
+    assert (csv_dir / "density.png").is_file() and (csv_dir / "metrics.csv").is_file()
+    assert (csv_dir / "figures" / "density-step3.png").read_bytes()[:4] == b"\x89PNG"
+    events = EventAccumulator(str(tmp_path / "tb" / "version_0"))
+    events.Reload()
+    assert [image.step for image in events.Images("density")] == [3]
 
 
 def test_config_typo_is_reported(tmp_path, capsys):
@@ -251,12 +304,21 @@ def test_user_subclass_trains_from_yaml_class_path(tmp_path, monkeypatch, capsys
     assert "flow.base.loc" in state  # the user's DiagNormal base was trained and saved
 
 
-def test_both_console_scripts_are_the_same_entry_point():
-    scripts = entry_points(group="console_scripts")
-    ours = {ep.name: ep.value for ep in scripts if ep.value == "unflow_zoo.cli:main"}
+def test_console_scripts_are_declared_in_pyproject():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"unflow-zoo": "unflow_zoo.cli:main", "lightning": "unflow_zoo.cli:lightning_main"}
+
+
+def test_console_scripts_are_installed():
+    """``unflow-zoo`` runs every command; ``lightning`` is a separate entry point that hands
+    lightning-sdk's commands over (tests/test_lightning_dispatch.py)."""
+    ours = {ep.name: ep.value for ep in entry_points(group="console_scripts") if ep.module == "unflow_zoo.cli"}
     if not ours:
         pytest.skip("package not installed (pip install -e .)")
-    assert set(ours) == {"unflow-zoo", "lightning"}
+    if ours.get("lightning") == "unflow_zoo.cli:main":
+        pytest.skip("the installed scripts predate pyproject.toml's: pip install -e .")
+    assert ours == {"unflow-zoo": "unflow_zoo.cli:main", "lightning": "unflow_zoo.cli:lightning_main"}
 
 
 def test_console_script_runs(tmp_path):
@@ -282,8 +344,10 @@ def test_console_script_runs(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test_nll" in proc.stdout
-    # our CLI wiring adds no warning of its own (LightningCLI warns when `args` duplicates sys.argv)
+    # our CLI wiring adds no warning of its own (LightningCLI warns when `args` duplicates sys.argv),
+    # and the default logger is TensorBoard, not the CSV fallback with its warning
     assert "`args`" not in proc.stderr and "LightningCLI" not in proc.stderr, proc.stderr[-3000:]
+    assert "CSVLogger" not in proc.stderr, proc.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -423,7 +487,8 @@ def test_printed_summary_keeps_inf_and_nan():
     ]
 
 
-def test_help_lists_every_command_and_no_predict(capsys):
+def test_help_lists_every_command_and_no_predict(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["unflow-zoo"])  # LightningCLI warns when sys.argv holds pytest's flags
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     assert info.value.code == 0

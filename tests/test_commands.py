@@ -25,6 +25,7 @@ TWO_D = "nsf-moons"
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
     monkeypatch.setenv("UNFLOW_ZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("UNFLOW_ZOO_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the commands never need the network here
     monkeypatch.setattr(sys, "argv", ["unflow-zoo"])  # LightningCLI warns about pytest's own argv
 
@@ -82,6 +83,44 @@ def test_evaluate_on_another_split_and_data_override(capsys):
         expected = float(-model.log_prob(dm.transform_to_raw(dm.test_data)).double().mean())
     main(["evaluate", "--pretrained", ONE_D, "--data.test_fraction", "0.2"])
     assert abs(_printed(capsys, "test_nll") - expected) < 1e-5
+
+
+def test_data_overrides_are_typed_and_listed_by_help(capsys):
+    with pytest.raises(SystemExit) as done:
+        run_command(["evaluate", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "--pretrained NAME" in out and "--data.test_fraction TEST_FRACTION" in out
+    assert "type: float" in out and "{float32,float64}" in out and "UNFLOW_ZOO_DATA" in out
+    for bad, match in (
+        (["--data.test_fraction", "a lot"], "data.test_fraction"),
+        (["--data.scaling", "sideways"], "data.scaling"),
+        (["--data.no_such_key", "1"], "no_such_key"),
+    ):
+        with pytest.raises(SystemExit) as done:
+            run_command(["evaluate", "--pretrained", ONE_D, *bad])
+        assert done.value.code == 2
+        err = capsys.readouterr().err
+        assert "unflow-zoo evaluate: error" in err and match in err, err
+
+
+def test_data_dir_override_and_a_recorded_data_dir(tmp_path, capsys):
+    """The shipped records say data_dir "data" (the old default): a file's folder is never used."""
+    model = load_pretrained(ONE_D)
+    assert model.pretrained_config["data"]["init_args"]["data_dir"] == "data"
+    dm = rebuild_datamodule(model.pretrained_config)
+    assert dm.hparams.data_dir is None and dm.data_dir == tmp_path / "data"  # the default: $UNFLOW_ZOO_DATA
+    metrics = run_command(["evaluate", "--pretrained", ONE_D, "--data.data_dir", str(tmp_path / "mine")])
+    assert abs(metrics["test_nll"] - pretrained_info(ONE_D)["metrics"]["test_nll"]) < 1e-4
+    capsys.readouterr()
+
+
+def test_sample_takes_data_overrides_too(tmp_path):
+    out = tmp_path / "x.npy"
+    run_command(["sample", "--pretrained", ONE_D, "--n", "8", "--out", str(out), "--data.test_fraction=0.2"])
+    assert np.load(out).shape == (8, 1)
+    with pytest.raises(SystemExit):
+        run_command(["export", "a.ckpt", "b", "--data.seed", "1"])  # export loads no data: not its argument
 
 
 def test_evaluate_ood_reports_scores_and_draws_the_histogram(tmp_path, capsys):
@@ -222,3 +261,59 @@ def test_evaluate_ood_on_digits(kind, tmp_path, capsys):
         assert 0.0 <= scores["fpr95"] <= 1.0 and 0.0 <= scores["aupr"] <= 1.0
     # noise is far off the digit manifold; shifted digits are harder but still mostly spotted
     assert metrics["ood"]["likelihood"]["auroc"] > (0.99 if kind == "noise" else 0.8)
+
+
+@pytest.fixture(scope="module")
+def conditional_ckpt(tmp_path_factory):
+    """A .ckpt of a conditional MAF from a 1-epoch ``unflow-zoo fit`` of the shipped by-label config."""
+    root = tmp_path_factory.mktemp("fit-conditional")
+    old, sys.argv = sys.argv, ["unflow-zoo"]
+    try:
+        main([
+            "fit", "--config", str(ROOT / "configs/maf/8gaussians-by-label.yaml"), "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1", "--data.n_samples=600",
+            f"--trainer.default_root_dir={root}", "--plot.enabled=false", "--trainer.enable_progress_bar=false",
+            "--test_after_fit=false", "--trainer.accelerator=cpu",
+        ])  # fmt: skip
+    finally:
+        sys.argv = old
+    (ckpt,) = root.rglob("last.ckpt")
+    return ckpt
+
+
+def test_sample_with_a_context(conditional_ckpt, tmp_path, capsys):
+    rows = "[[1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]"
+    out = tmp_path / "x.npy"
+    samples = run_command(
+        ["sample", "--ckpt", str(conditional_ckpt), "--n", "40", "--context", rows, "--out", str(out)]
+    )
+    assert samples.shape == (40, 3, 2) and np.load(out).shape == (40, 3, 2)
+    one = run_command(
+        ["sample", "--ckpt", str(conditional_ckpt), "--n", "7", "--context", "[0, 1, 0, 0]", "--out", str(out)]
+    )
+    assert one.shape == (7, 2)
+    # a .npy of rows works too, and the figure shows p(x | c) for each row
+    np.save(tmp_path / "c.npy", np.eye(4)[:2])
+    png = tmp_path / "c.png"
+    run_command(
+        [
+            "sample",
+            "--ckpt",
+            str(conditional_ckpt),
+            "--n",
+            "50",
+            "--context",
+            str(tmp_path / "c.npy"),
+            "--out",
+            str(png),
+        ]
+    )
+    assert png.stat().st_size > 0
+    capsys.readouterr()
+    # a missing context, the wrong width, and malformed input each say what is wrong
+    with pytest.raises(ValueError, match="context of width 4"):
+        run_command(["sample", "--ckpt", str(conditional_ckpt), "--n", "5", "--out", str(out)])
+    with pytest.raises(ValueError, match="width 4"):
+        run_command(["sample", "--ckpt", str(conditional_ckpt), "--n", "5", "--context", "[1, 0]", "--out", str(out)])
+    with pytest.raises(ValueError, match="JSON row"):
+        run_command(["sample", "--ckpt", str(conditional_ckpt), "--n", "5", "--context", "one-hot", "--out", str(out)])

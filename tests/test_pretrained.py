@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import constants as hf_constants
 
 from unflow_zoo.core.transform import InputOutsideDomain
-
 from unflow_zoo.data import DensityDataModule
 from unflow_zoo.models import create_model
 from unflow_zoo.pretrained import (
@@ -51,9 +51,13 @@ def no_network(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(monkeypatch, tmp_path):
-    # Tests never read or write the real ~/.cache/unflow_zoo.
+    # Tests never read or write the real ~/.cache/unflow_zoo or ~/.cache/huggingface. huggingface_hub
+    # read HF_HUB_CACHE / HF_HUB_OFFLINE into its constants at import: those are what count.
     monkeypatch.setenv("UNFLOW_ZOO_CACHE", str(tmp_path / "env-cache"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("UNFLOW_ZOO_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
 
 
 def _dm(dataset: str = "moons", **kw) -> DensityDataModule:
@@ -373,7 +377,11 @@ def test_cache_dir_argument_and_env_var_are_respected(tmp_path, monkeypatch, no_
 def test_urls_are_never_fetched_offline(url, tmp_path, monkeypatch, no_network):
     with pytest.raises(OSError, match="offline|network is off"):
         load_pretrained(url, cache_dir=tmp_path, offline=True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)  # HF_HUB_OFFLINE=1, as huggingface_hub read it
+    with pytest.raises(OSError, match="offline|network is off"):
+        load_pretrained(url, cache_dir=tmp_path)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("UNFLOW_ZOO_OFFLINE", "1")  # the package's own switch
     with pytest.raises(OSError, match="offline|network is off"):
         load_pretrained(url, cache_dir=tmp_path)
 

@@ -1,17 +1,28 @@
-"""``unflow-zoo`` (and ``lightning``): the LightningCLI entry point.
+"""``unflow-zoo`` and ``lightning``: the LightningCLI entry points.
 
-unflow-zoo fit --config configs/quickstart.yaml
-unflow-zoo fit --model unflow_zoo.models.maf.MaskedAutoregressiveFlow --data.dataset moons
-unflow-zoo test --config configs/maf/moons.yaml --ckpt_path runs/.../last.ckpt
-unflow-zoo pretrained list | sample | evaluate | export ...   (see unflow_zoo/commands.py)
+    unflow-zoo fit --config configs/quickstart.yaml
+    unflow-zoo fit --model unflow_zoo.models.maf.MaskedAutoregressiveFlow --data.dataset moons
+    unflow-zoo test --config configs/maf/moons.yaml --ckpt_path runs/.../last.ckpt
+    unflow-zoo pretrained list | sample | evaluate | export ...   (see unflow_zoo/commands.py)
+    lightning fit --config configs/quickstart.yaml               (the same fit)
+
+``unflow-zoo`` (:func:`main`) runs every command of the package. ``lightning``
+(:func:`lightning_main`) runs only LightningCLI's ``fit``, ``validate`` and ``test`` and hands
+every other command (``lightning login``, ``lightning studio ...``) to lightning-sdk, which
+installs a ``lightning`` script of its own: whichever package was installed last owns the
+script, so ours keeps the SDK's commands working.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import pickle
+import re
 import sys
+from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +33,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from unflow_zoo.callbacks import BestCheckpoint, LastFiniteCheckpoint, RunCheckpoint
 from unflow_zoo.commands import COMMANDS, run_command
 from unflow_zoo.data import DensityDataModule
-from unflow_zoo.errors import UnflowZooError, UnsafeFileError
+from unflow_zoo.errors import ConfigError, MissingDependencyError, UnflowZooError, UnsafeFileError
 from unflow_zoo.models import FlowModule
 from unflow_zoo.models.registry import registered_class
 from unflow_zoo.plots import DensityPlotCallback
 from unflow_zoo.pretrained.convert import read_checkpoint, refused_pickle
 
-__all__ = ["FlowCLI", "main"]
+__all__ = ["FlowCLI", "lightning_main", "lightning_sdk_entry_point", "main"]
 
 
 class FlowCLI(LightningCLI):
@@ -203,34 +214,159 @@ _EPILOG = (
 )
 
 
+def _exit_on_error(prog: str, run: Callable[[], Any]) -> Any:
+    """``run()``, with an :class:`~unflow_zoo.errors.UnflowZooError` printed as ``{prog}: error: ...``
+    and exit status 1 (the traceback only with ``UNFLOW_ZOO_TRACEBACK=1``)."""
+    try:
+        return run()
+    except UnflowZooError as e:
+        if os.environ.get("UNFLOW_ZOO_TRACEBACK", "") not in ("", "0"):
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _flow_cli(args: list[str] | None, epilog: str) -> None:
+    FlowCLI(
+        FlowModule,
+        DensityDataModule,
+        subclass_mode_model=True,
+        # LightningCLI reads sys.argv itself; `args` is for calls from Python (it warns otherwise)
+        args=list(args) if args is not None else None,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        parser_kwargs={"description": _DESCRIPTION, "epilog": epilog},
+    )
+
+
 def main(args: list[str] | None = None) -> None:
     """``unflow-zoo``: the pretrained-flow commands (:mod:`unflow_zoo.commands`) or LightningCLI.
 
     An :class:`~unflow_zoo.errors.UnflowZooError` (a user's mistake or a bad file, with a message
     that names the fix) is printed without a traceback and exits with status 1; set
     ``UNFLOW_ZOO_TRACEBACK=1`` to see where it was raised.
+
+    Args:
+        args: the command line without the program name; ``None`` reads ``sys.argv``.
+
+    Raises:
+        SystemExit: status 1 after an ``UnflowZooError``; LightningCLI's own status after ``--help``
+            or a bad argument.
     """
     argv = list(args) if args is not None else sys.argv[1:]
-    try:
+
+    def run() -> None:
         if argv and argv[0] in COMMANDS:
             # argparse, not LightningCLI: these commands train nothing and take no Trainer arguments.
             run_command(argv)
-            return
-        FlowCLI(
-            FlowModule,
-            DensityDataModule,
-            subclass_mode_model=True,
-            # LightningCLI reads sys.argv itself; `args` is for calls from Python (it warns otherwise)
-            args=list(args) if args is not None else None,
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,
-            parser_kwargs={"description": _DESCRIPTION, "epilog": _EPILOG},
+        else:
+            _flow_cli(args, _EPILOG)
+
+    _exit_on_error("unflow-zoo", run)
+
+
+#: The subcommands the ``lightning`` script runs itself: LightningCLI's (``fit``, ``validate``, ``test``).
+LIGHTNING_SUBCOMMANDS: tuple[str, ...] = tuple(FlowCLI.subcommands())
+
+#: The console scripts lightning-sdk installs (both run its CLI), in the order they are preferred.
+_SDK_SCRIPTS = ("lightning", "lightning-sdk")
+
+_LIGHTNING_EPILOG = (
+    f"this `lightning` script is unflow-zoo's: it runs {', '.join(LIGHTNING_SUBCOMMANDS)}, and hands every other "
+    "command (login, studio, job, ...) to lightning-sdk when that is installed. The package's other commands "
+    "(pretrained, sample, evaluate, export, study) are `unflow-zoo`'s"
+)
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def lightning_sdk_entry_point() -> metadata.EntryPoint | None:
+    """lightning-sdk's own ``lightning`` command, found in the installed packages' metadata.
+
+    lightning-sdk (preinstalled on Lightning Studios) declares the console scripts ``lightning`` and
+    ``lightning-sdk``; pip writes only one ``lightning`` file, so when unflow-zoo was installed after
+    it, its command is reachable only through this entry point. Entry points of this package are never
+    returned, so the dispatch cannot loop.
+
+    Returns:
+        The entry point (``lightning`` preferred over ``lightning-sdk``), or ``None`` when lightning-sdk
+        is not installed.
+    """
+    found: dict[str, metadata.EntryPoint] = {}
+    for ep in metadata.entry_points(group="console_scripts"):
+        top = ep.module.split(".")[0]
+        if ep.name not in _SDK_SCRIPTS or top == "unflow_zoo":
+            continue
+        dist = getattr(ep, "dist", None)
+        # an entry point without its distribution (built by hand) is judged by the module it names
+        if _canonical(getattr(dist, "name", None) or top) == "lightning-sdk":
+            found.setdefault(ep.name, ep)
+    return next((found[name] for name in _SDK_SCRIPTS if name in found), None)
+
+
+def _not_ours(command: str) -> UnflowZooError:
+    """The error for ``lightning COMMAND`` when lightning-sdk is not installed."""
+    if command in COMMANDS:
+        return ConfigError(
+            f"`lightning {command}` is not a command of the `lightning` script, which runs only "
+            f"{', '.join(LIGHTNING_SUBCOMMANDS)}; run `unflow-zoo {command} ...` instead"
         )
-    except UnflowZooError as e:
-        if os.environ.get("UNFLOW_ZOO_TRACEBACK", "") not in ("", "0"):
-            raise
-        print(f"unflow-zoo: error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    close = difflib.get_close_matches(command, LIGHTNING_SUBCOMMANDS, n=1)
+    hint = f" (did you mean `lightning {close[0]}`?)" if close else ""
+    return MissingDependencyError(
+        f"`lightning {command}` is not an unflow-zoo command{hint}: `lightning` runs "
+        f"{', '.join(LIGHTNING_SUBCOMMANDS)} here and hands every other command to lightning-sdk "
+        "(Lightning AI's CLI: login, studio, job, ...), which is not installed. Install it with "
+        "`pip install lightning-sdk`, or use `unflow-zoo` for this package's commands (`unflow-zoo --help`)"
+    )
+
+
+def _run_sdk(ep: metadata.EntryPoint, argv: list[str]) -> Any:
+    """lightning-sdk's command run on ``argv``, as if its own ``lightning`` script had been called."""
+    cli = ep.load()
+    old = sys.argv
+    sys.argv = [old[0] if old and old[0] else "lightning", *argv]
+    try:
+        return cli()
+    finally:
+        sys.argv = old
+
+
+def lightning_main(args: list[str] | None = None) -> Any:
+    """``lightning``: ``fit``, ``validate`` and ``test`` through unflow-zoo's LightningCLI; every other
+    command through lightning-sdk's own ``lightning`` (:func:`lightning_sdk_entry_point`).
+
+    ``lightning fit --config configs/quickstart.yaml`` is ``unflow-zoo fit --config ...``. ``lightning
+    login`` (or ``lightning`` alone, or ``lightning --help``) runs lightning-sdk's CLI when that is
+    installed. Without lightning-sdk, ``lightning`` alone or with options only shows this package's
+    LightningCLI, and any other command is an error that says how to get it.
+
+    Args:
+        args: the command line without the program name; ``None`` reads ``sys.argv``.
+
+    Returns:
+        What lightning-sdk's command returned, for a command handed to it; ``None`` otherwise.
+
+    Raises:
+        SystemExit: status 1 for a command that needs lightning-sdk when it is not installed (or after
+            any other ``UnflowZooError``); the command's own status otherwise.
+    """
+    argv = list(args) if args is not None else sys.argv[1:]
+    first = argv[0] if argv else None
+    if first in LIGHTNING_SUBCOMMANDS:
+        return _exit_on_error("lightning", lambda: _flow_cli(args, _LIGHTNING_EPILOG))
+    sdk = lightning_sdk_entry_point()
+    if sdk is not None:
+        return _run_sdk(sdk, argv)
+    if first is None or first.startswith("-"):
+        return _exit_on_error("lightning", lambda: _flow_cli(args, _LIGHTNING_EPILOG))
+
+    def refuse() -> None:
+        raise _not_ours(first)
+
+    return _exit_on_error("lightning", refuse)
 
 
 if __name__ == "__main__":

@@ -2,15 +2,19 @@
 
     unflow-zoo pretrained list [--markdown]
     unflow-zoo pretrained info NAME
-    unflow-zoo sample --pretrained NAME --n 1000 --out samples.npy|samples.png [--seed 0]
-    unflow-zoo evaluate --pretrained NAME | --ckpt PATH [--split test] [--data.dataset X ...]
+    unflow-zoo pretrained push FOLDER_OR_NAME REPO_ID [--revision R] [--private]
+    unflow-zoo sample --pretrained NAME --n 1000 --out samples.npy|samples.png [--seed 0] [--data.KEY VALUE ...]
+    unflow-zoo evaluate --pretrained NAME | --ckpt PATH [--split test] [--data.KEY VALUE ...]
                         [--ood OTHER|noise|shift --ood_figure scores.png]
     unflow-zoo export CKPT OUT
     unflow-zoo study overparam --out DIR [--quick] [--jobs N] [--executor local|slurm|submitit-local]
 
 ``evaluate`` measures the NLL (nats) and bits/dim on the split the flow was
 trained on (rebuilt from its ``config.json`` or the ckpt's data module
-hyper-parameters); ``--data.KEY VALUE`` overrides the data module's arguments.
+hyper-parameters); ``--data.KEY VALUE`` overrides those of the data module's
+arguments it names (typed and checked as :class:`~unflow_zoo.data.DensityDataModule`
+declares them, and listed by ``--help``), e.g. ``--data.data_dir DIR`` for where the
+data are.
 Bits/dim are in the data's own units: raw units for standardised tabular data
 (the standardisation is inside the loaded flow), pixels for images (via the data
 module's ``pixel_log_det``, as :class:`~unflow_zoo.models.FlowModule` reports them).
@@ -30,6 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from unflow_zoo.errors import ConfigError
+from unflow_zoo.pretrained.hub import add_push_arguments, push_command
 from unflow_zoo.studies import overparam
 
 __all__ = ["COMMANDS", "run_command"]
@@ -38,33 +44,77 @@ COMMANDS = ("pretrained", "sample", "evaluate", "export", "study")
 
 
 # ----- helpers ---------------------------------------------------------------------------------------
-def _parse_value(text: str) -> Any:
-    """A command-line value as YAML reads it (``true``, ``0.1``, ``null``, ``[1, 2]``), else the string."""
-    import yaml
+# Why argparse at the top and jsonargparse only for ``--data.*``: the subcommands are plain argparse
+# (``study overparam`` adds its options to an argparse parser, and a new subcommand is one
+# ``sub.add_parser`` away), while the data module's arguments are jsonargparse's job already: it reads
+# DensityDataModule's signature and docstring (as LightningCLI does for ``fit``), so every ``--data.KEY``
+# is typed (``0.2`` a float, ``true`` a bool, ``null`` None, a Literal checked against its values) and
+# documented without a hand-kept copy. A parse with ``defaults=False`` returns only the keys given, which
+# then override the recorded ones; range checks stay where they always were, in DensityDataModule itself
+# (and in ``datamodule_args`` for what a file records).
+def _data_parser(prog: str) -> Any:
+    """The jsonargparse parser of the ``--data.*`` group of a subcommand that loads a flow."""
+    from jsonargparse import ArgumentParser
+
+    from unflow_zoo.data import DensityDataModule
+
+    # usage=SUPPRESS: its help is appended to the subcommand's own, whose usage line comes first;
+    # exit_on_error=False: its errors are reported by the subcommand's parser, with that usage.
+    parser = ArgumentParser(prog=prog, usage=argparse.SUPPRESS, add_help=False, exit_on_error=False)
+    parser.add_class_arguments(DensityDataModule, "data", as_group=True, fail_untyped=True)
+    group = parser.groups["data"]
+    group.title = "data module (--data.KEY VALUE)"
+    group.description = (
+        "Override the arguments of the DensityDataModule the flow records (only the keys given; the others "
+        "keep their recorded values; the defaults below apply where nothing is recorded). Where the data are "
+        "and whether to download them are always yours to choose: data_dir, path, download, num_workers."
+    )
+    return parser
+
+
+def _data_overrides(extra: list[str], command: argparse.ArgumentParser) -> dict[str, Any]:
+    """``--data.KEY VALUE`` / ``--data.KEY=VALUE`` arguments to ``{KEY: value}``, typed by jsonargparse.
+
+    Args:
+        extra: the arguments the subcommand's argparse parser did not recognise.
+        command: that parser, which reports errors (with its usage).
+
+    Returns:
+        The keys given and their values; ``{}`` when none.
+
+    Raises:
+        SystemExit: an unknown argument or key, or a value of the wrong type (status 2, after
+            printing which one and what was expected).
+    """
+    if not extra:
+        return {}
+    from jsonargparse import ArgumentError
 
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+        namespace = _data_parser(command.prog).parse_args(extra, defaults=False)
+    except ArgumentError as e:
+        command.error(f"{' '.join(str(e).split())}; see --help for the --data.KEY arguments")
+    return dict(namespace.as_dict().get("data") or {})
 
 
-def _data_overrides(extra: list[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """``--data.KEY VALUE`` / ``--data.KEY=VALUE`` pairs to ``{KEY: value}``; anything else is an error."""
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(extra):
-        arg = extra[i]
-        if not arg.startswith("--data."):
-            parser.error(f"unrecognised argument {arg!r}; data module arguments are given as --data.KEY VALUE")
-        key, eq, value = arg[len("--data.") :].partition("=")
-        if not eq:
-            if i + 1 >= len(extra):
-                parser.error(f"{arg} needs a value")
-            value = extra[i + 1]
-            i += 1
-        out[key] = _parse_value(value)
-        i += 1
-    return out
+class _CommandParser(argparse.ArgumentParser):
+    """An argparse (sub)command parser that can take the typed ``--data.*`` group.
+
+    ``takes_data`` is set by :func:`_data_args`; ``--help`` then also lists every ``--data.KEY``
+    (built only when asked for, so ``pretrained list`` never introspects the data module).
+    """
+
+    takes_data = False
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        return text + "\n" + _data_parser(self.prog).format_help() if self.takes_data else text
+
+
+def _data_args(p: _CommandParser) -> None:
+    """Let subcommand ``p`` take ``--data.KEY VALUE`` overrides (parsed by :func:`_data_overrides`)."""
+    p.takes_data = True
+    p.set_defaults(data_overrides={}, data_command=p)
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -184,10 +234,25 @@ def cmd_sample(args: argparse.Namespace) -> Tensor:
     if out.suffix not in (".npy", ".png"):
         raise SystemExit(f"--out must end in .npy (the samples) or .png (a figure), got {out}")
     model, dm = _load(args)
+    context = _parse_context(args.context, model)
     torch.manual_seed(args.seed)
-    samples = model.sample(args.n)
+    samples = model.sample(args.n, context, temperature=args.temperature)
     out.parent.mkdir(parents=True, exist_ok=True)
     is_image = bool(getattr(dm, "is_image", False))
+    if context is not None and out.suffix == ".png" and not is_image:
+        from unflow_zoo.plots import plot_conditional_density
+
+        data, data_context = _conditional_data(model, dm)
+        contexts = context.reshape(-1, context.shape[-1]).cpu()
+        torch.manual_seed(args.seed)
+        fig = plot_conditional_density(
+            model, data, data_context, contexts, n_samples=args.n, title=args.pretrained or str(args.ckpt)
+        )
+        fig.savefig(out, dpi=110)
+        print(f"wrote p(x | c) for {len(contexts)} contexts to {out}")
+        return samples
+    if context is not None and is_image:
+        samples = samples.reshape(-1, *samples.shape[samples.ndim - len(model.event_shape) :])
     if out.suffix == ".npy":
         import numpy as np
 
@@ -214,6 +279,46 @@ def cmd_sample(args: argparse.Namespace) -> Tensor:
         plt.close(fig)
     print(f"wrote {args.n} samples of shape {tuple(samples.shape[1:])} to {out}")
     return samples
+
+
+def _parse_context(spec: str | None, model: Any) -> Tensor | None:
+    """``--context``: a JSON row ``[1, 0, 0, 0]`` or list of rows, or a ``.npy`` file of rows
+    (read without pickle), as a tensor in the model's dtype; None without."""
+    if spec is None:
+        return None
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    if spec.endswith(".npy"):
+        import numpy as np
+
+        try:
+            values = np.load(spec, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--context {spec}: not a readable .npy array of numbers ({e})") from None
+    else:
+        try:
+            values = json.loads(spec)
+        except json.JSONDecodeError:
+            raise ConfigError(
+                f"--context {spec!r}: give a JSON row such as '[1, 0, 0, 0]', a list of rows, or a .npy file"
+            ) from None
+    try:
+        context = torch.as_tensor(values, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError):
+        raise ConfigError(f"--context {spec!r}: expected numbers, a row or a list of rows of equal length") from None
+    if context.ndim not in (1, 2):
+        raise ConfigError(f"--context must be one row (C,) or rows (B, C), got shape {tuple(context.shape)}")
+    return context
+
+
+def _conditional_data(model: Any, dm: Any) -> tuple[Tensor, Tensor]:
+    """Raw points and their contexts of the recorded split, for the figure (empty without a data module)."""
+    if dm is None or not getattr(dm, "context_features", 0):
+        width = int(model.hparams.get("context_features", 0))
+        return torch.zeros(0, *model.event_shape), torch.zeros(0, width)
+    dm.setup("test")
+    use_test = dm.test_data is not None and len(dm.test_data)
+    served, context = (dm.test_data, dm.test_context) if use_test else (dm.train_data, dm.train_context)
+    return _raw(model, dm, served), context
 
 
 # ----- evaluate -------------------------------------------------------------------------------------
@@ -275,7 +380,7 @@ def cmd_export(args: argparse.Namespace) -> Path:
 
 
 # ----- parser ---------------------------------------------------------------------------------------
-def _source_args(p: argparse.ArgumentParser) -> None:
+def _source_args(p: _CommandParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--pretrained", metavar="NAME", help="a pretrained name, folder, .zip, URL or hf://user/repo")
     src.add_argument("--ckpt", metavar="PATH", help="a Lightning .ckpt (read with weights_only=True)")
@@ -283,22 +388,42 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache_dir", default=None, help="cache folder (default $UNFLOW_ZOO_CACHE or ~/.cache/unflow_zoo)")
     p.add_argument("--offline", action="store_true", help="never use the network")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and synthetic outliers")
+    _data_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unflow-zoo", description="pretrained flows: list, sample, evaluate, export")
-    sub = parser.add_subparsers(dest="command", required=True)
+    """The parser of every command in :data:`COMMANDS`; a subcommand that loads a flow takes ``--data.*`` too.
 
-    p = sub.add_parser("pretrained", help="list the published flows or show one")
-    p.add_argument("action", choices=("list", "info"))
-    p.add_argument("name", nargs="?", help="for info: the name")
-    p.add_argument("--markdown", action="store_true", help="list as the README's markdown table")
-    p.set_defaults(func=cmd_pretrained)
+    Returns:
+        An argparse parser whose subcommands set ``func`` (what to run) and, where they take
+        ``--data.KEY VALUE`` overrides, ``data_overrides`` (filled in by :func:`run_command`).
+    """
+    parser = _CommandParser(prog="unflow-zoo", description="pretrained flows: list, sample, evaluate, export")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
+
+    p = sub.add_parser("pretrained", help="list the published flows, show one, or push one to the Hugging Face Hub")
+    actions = p.add_subparsers(dest="action", required=True)
+    q = actions.add_parser("list", help="the published flows")
+    q.add_argument("--markdown", action="store_true", help="list as the README's markdown table")
+    q.set_defaults(func=cmd_pretrained, name=None)
+    q = actions.add_parser("info", help="one flow's registry entry")
+    q.add_argument("name", nargs="?", help="the name")
+    q.set_defaults(func=cmd_pretrained, markdown=False)
+    q = actions.add_parser("push", help="upload a folder, .zip or name to its own Hugging Face Hub repo")
+    add_push_arguments(q)
+    q.set_defaults(func=push_command)
 
     p = sub.add_parser("sample", help="draw samples: .npy array or .png figure")
     _source_args(p)
     p.add_argument("--n", type=int, default=1000, help="number of samples")
     p.add_argument("--out", required=True, help="file.npy (the samples, raw units) or file.png (a figure)")
+    p.add_argument(
+        "--context",
+        default=None,
+        help="conditional flows: a JSON row '[1, 0, 0, 0]', a list of rows, or a .npy file of rows; "
+        "samples are (n, B, D) for B rows, and the .png shows p(x | c) for each row",
+    )
+    p.add_argument("--temperature", type=float, default=1.0, help="scale of the base draw (1: the model)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("evaluate", help="NLL and bits/dim on the recorded split; --data.KEY VALUE overrides")
@@ -324,11 +449,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_command(argv: list[str]) -> Any:
-    """Run ``unflow-zoo <command> ...`` for a command in :data:`COMMANDS`; returns what it computed."""
+    """Run ``unflow-zoo <command> ...`` for a command in :data:`COMMANDS`.
+
+    Args:
+        argv: the arguments after ``unflow-zoo``.
+
+    Returns:
+        What the command computed (the samples, the metrics, the exported path, ...).
+
+    Raises:
+        SystemExit: bad arguments (status 2, with the usage), or a command's own refusal.
+    """
     parser = build_parser()
+    # argparse leaves what it does not know (the --data.* arguments, with their values) in `extra`.
     args, extra = parser.parse_known_args(argv)
-    if args.command == "evaluate":
-        args.data_overrides = _data_overrides(extra, parser)
+    if hasattr(args, "data_overrides"):
+        args.data_overrides = _data_overrides(extra, args.data_command)
     elif extra:
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     if getattr(args, "ood_figure", None) and not args.ood:

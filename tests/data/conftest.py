@@ -26,3 +26,11 @@ def midpoint_grid(low: float, high: float, cells: int, dim: int) -> tuple[Tensor
 @pytest.fixture
 def grid() -> Grid:
     return midpoint_grid
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
+    """Point the default data folder at an empty temporary one: no test reads or writes the user's cache."""
+    folder = tmp_path_factory.mktemp("default_data_dir")
+    monkeypatch.setenv("UNFLOW_ZOO_DATA", str(folder))
+    return folder

@@ -149,3 +149,37 @@ def test_download_then_extract_roundtrip(tmp_path):
     local = download(archive.as_uri(), data_dir / "data.tar.gz", digest, progress=False)
     extract_tar(local, data_dir)
     assert (data_dir / "data" / "miniboone" / "data.npy").read_bytes() == b"123"
+
+
+def test_download_of_a_dead_url_raises_and_leaves_nothing(tmp_path):
+    import urllib.error
+
+    out = tmp_path / "out"
+    with pytest.raises(urllib.error.URLError):
+        download((tmp_path / "gone.bin").as_uri(), out / "blob.bin", "0" * 64, progress=False)
+    assert list(out.iterdir()) == []  # neither our .part nor torch.hub's .partial file
+
+
+def test_download_over_http_with_torch_hub(tmp_path):
+    """The fetch is torch.hub's: check it against a real (local) HTTP server, not only file://."""
+    import functools
+    import http.server
+    import threading
+
+    src, digest = _source(tmp_path)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(src.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{src.name}"
+        dest = download(
+            url, tmp_path / "http" / "blob.bin", digest, md5=hashlib.md5(PAYLOAD).hexdigest(), progress=False
+        )
+        assert dest.read_bytes() == PAYLOAD
+        with pytest.raises(ChecksumError, match="sha256 mismatch"):
+            download(url, tmp_path / "bad" / "blob.bin", "1" * 64, progress=False)
+        assert list((tmp_path / "bad").iterdir()) == []
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -170,12 +170,29 @@ def test_missing_mnist_names_where_it_looked_and_how_to_download(tmp_path: Path)
     assert "train-images-idx3-ubyte" in message and "--data.download true" in message
 
 
-@pytest.mark.parametrize("variable", ["HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"])
+@pytest.mark.parametrize("module", ["datasets.config", "huggingface_hub.constants"])
 def test_download_in_offline_mode_is_refused_before_any_request(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str
 ) -> None:
-    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv(variable, "1")
+    """Offline mode as the libraries read it (at their import): each one's constant is enough."""
+    import importlib
+
+    for name in ("datasets.config", "huggingface_hub.constants"):
+        monkeypatch.setattr(importlib.import_module(name), "HF_HUB_OFFLINE", name == module)
     with pytest.raises(FileNotFoundError, match="offline mode is on"):
         load_mnist(tmp_path, download=True)
+
+
+def test_offline_environment_variables_reach_the_libraries(tmp_path: Path) -> None:
+    """End to end, in a fresh process (the libraries read the variables when first imported)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from unflow_zoo.data.images import load_mnist; import sys; load_mnist(sys.argv[1], download=True)"
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["HF_DATASETS_OFFLINE"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 1 and "offline mode is on" in done.stderr, done.stderr[-2000:]

@@ -14,6 +14,7 @@ from unflow_zoo.metrics import gaussian_nll
 from unflow_zoo.models.linear import LinearFlow
 from unflow_zoo.models.registry import create_model, get_model_class
 from unflow_zoo.testing import check_transform, randomize_parameters_
+from unflow_zoo.transforms.affine import ConditionalAffine
 from unflow_zoo.transforms.linear import LULinear
 
 
@@ -86,3 +87,39 @@ def test_fitted_flow_is_the_gaussian_baseline_on_moons(trainer_factory):
     result = trainer_factory().test(m, datamodule=dm, verbose=False)[0]
     # trained to the ML Gaussian of the training split, it is the baseline on the test split too
     assert abs(result["test_nll"] - result["test_gaussian_nll"]) < 2e-3, result
+
+
+# ----- conditional: the LU stack, then a ConditionalAffine layer -------------------------------------
+
+
+def test_conditional_affine_starts_as_the_identity_and_passes_the_kit():
+    t = ConditionalAffine(3, 2, hidden=[8])
+    x, c = torch.randn(10, 3), torch.randn(10, 2)
+    y, ladj = t(x, c)
+    assert torch.equal(y, x) and torch.equal(ladj, torch.zeros(10))
+    randomize_parameters_(t, 0.3, 0)
+    check_transform(t, x, c, check_grid=False)
+    assert not torch.allclose(t(x, c)[0], t(x, c.flip(0))[0])
+    check_transform(randomize_parameters_(ConditionalAffine(2, 2, hidden=[]), 0.3, 1), x[:, :2], c)  # and the grid
+    with pytest.raises(ValueError, match="context_features >= 1"):
+        ConditionalAffine(3, 0)
+
+
+def test_conditional_linear_flow_is_a_gaussian_whose_mean_follows_the_context():
+    """x = A c + noise: with an affine context map (context_hidden=[]) the ML model is that regression."""
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(2000, 2, generator=g)
+    a = torch.tensor([[1.0, -0.5], [0.3, 2.0]])
+    x = c @ a.T + 0.2 * torch.randn(2000, 2, generator=g)
+    m = create_model("linear", event_shape=(2,), context_features=2, context_hidden=[])
+    assert [type(t).__name__ for t in m.flow.transform] == ["LULinear", "ConditionalAffine"]
+    with torch.no_grad():
+        before = -m.log_prob(x, c).mean().item()
+    opt = torch.optim.Adam(m.parameters(), lr=5e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        loss = -m.log_prob(x, c).mean()
+        loss.backward()
+        opt.step()
+    # the true conditional entropy: 2 * 0.5 * log(2 pi e 0.2^2)
+    assert before - 1.0 > loss.item() == pytest.approx(math.log(2 * math.pi * math.e * 0.04), abs=0.1)

@@ -178,3 +178,26 @@ def test_bf16_mixed_gives_a_finite_loss(shape, kwargs, trainer_factory):
         total = -lp.mean() + m.regularization()
     assert lp.dtype == torch.float32 and torch.isfinite(total)
     assert isinstance(m.flow.transform, Compose)
+
+
+@pytest.mark.parametrize("shape", [(2,), (1, 4, 4)])
+def test_conditional_fast_sampling_matches_the_exact_inverse_when_R_is_exact(shape):
+    """With a context the learned-inverse sampler shifts by the same V c and returns (n, B, *event)."""
+    torch.manual_seed(0)
+    hp = {"n_layers": 2} if len(shape) == 1 else {"n_layers": 2, "n_blocks": 2}
+    m = create_model("snf", event_shape=shape, context_features=3, context_embedding=[8, 4], **hp).eval()
+    randomize_parameters_(m, 0.1, 0)
+    with torch.no_grad():
+        for layer in m.selfnorm_layers():
+            if isinstance(layer, SelfNormLinear):
+                layer.inverse_weight.copy_(torch.linalg.inv(layer.weight))
+    c = torch.randn(3, 3)
+    torch.manual_seed(1)
+    exact = m.sample(5, c)
+    torch.manual_seed(1)
+    fast = m.sample(5, c, approximate=True)
+    assert fast.shape == exact.shape == (5, 3, *shape)
+    if len(shape) == 1:  # R = W^-1 exactly: the two samplers agree
+        torch.testing.assert_close(fast, exact, atol=1e-4, rtol=1e-4)
+    assert m.sample(4, c[0], approximate=True).shape == (4, *shape)
+    assert m.sample(0, c, approximate=True).shape == (0, 3, *shape)

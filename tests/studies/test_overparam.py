@@ -69,9 +69,9 @@ def test_rerun_skips_finished_jobs(tmp_path: Path, monkeypatch) -> None:
     ran: list[str] = []
     real = overparam.run_job
 
-    def spy(job, config, progress=None):
+    def spy(job, config, progress=None, checkpoint=None):
         ran.append(job.key)
-        return real(job, config, progress)
+        return real(job, config, progress, checkpoint)
 
     monkeypatch.setattr(overparam, "run_job", spy)
     messages: list[str] = []
@@ -143,3 +143,33 @@ def test_width_effects_are_paired_by_seed() -> None:
     (effect,) = width_effects(rows)
     # the seeds differ by 1 nat, the paired difference by 0: the effect is far beyond the spread
     assert effect["mean"] == pytest.approx(-0.2) and effect["significant"] and effect["direction"] == "wider is better"
+
+
+@pytest.mark.parametrize("family", ["constrained", "unconstrained"])
+def test_a_stopped_job_resumes_from_its_last_epoch(tmp_path: Path, family: str) -> None:
+    """The per-epoch checkpoint: a job stopped after epoch 1 and restarted gives the rows of an
+    uninterrupted run (same weights, same batch orders), and the file is gone when it finishes."""
+    cfg = quick_config(**{**TINY, "epochs": {"constrained": 3, "unconstrained": 3}})
+    job = overparam.Job(family, "paper", "gmm1d", 16 if family == "constrained" else 8, (0, 1))
+    whole = overparam.run_job(job, cfg)
+    ckpt = tmp_path / "job.partial.pt"
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(key: str, epoch: int, total: int) -> None:
+        if epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        overparam.run_job(job, cfg, progress=stop_after_first, checkpoint=ckpt)
+    assert ckpt.is_file()
+    resumed = overparam.run_job(job, cfg, checkpoint=ckpt)
+    assert not ckpt.exists()
+    key = lambda r: (r["seed"], r["epoch"])  # noqa: E731
+    assert [key(r) for r in resumed] == [key(r) for r in whole]
+    for a, b in zip(resumed, whole):
+        assert a["test_nll"] == pytest.approx(b["test_nll"], rel=1e-6) and a["move_W"] == pytest.approx(b["move_W"])
+    # a checkpoint of another job, or garbage, is ignored
+    ckpt.write_bytes(b"not a checkpoint")
+    assert len(overparam.run_job(job, cfg, checkpoint=ckpt)) == len(whole)

@@ -245,3 +245,25 @@ def test_multiscale_bad_shapes():
         t(torch.randn(2, 1, 8, 8))
     with pytest.raises(ValueError, match="unconditional"):
         t(torch.randn(2, 1, 4, 4), torch.randn(2, 3))
+
+
+# ----- context ----------------------------------------------------------------------------------------
+
+
+def test_conditional_coupling_and_multiscale_pass_the_kit():
+    torch.manual_seed(0)
+    coupling = randomize_parameters_(GlowAffineCoupling(4, 8, context_features=3), 0.2, 0)
+    x, c = torch.randn(4, 4, 2, 2), torch.randn(4, 3)
+    check_transform(coupling, x, c)
+    assert not torch.allclose(coupling(x, c)[0], coupling(x, c.flip(0))[0])
+    torch.manual_seed(1)
+    t = MultiScaleGlow((1, 4, 4), levels=2, steps_per_level=1, hidden_channels=8, context_features=3)
+    randomize_parameters_(t, 0.1, 0)
+    x = torch.randn(4, 1, 4, 4)
+    report = check_transform(t, x, c, max_jacobian_points=2)
+    assert report.inverse_error < 1e-10
+    assert not torch.allclose(t(x, c)[1], t(x, c.flip(0))[1])
+    with pytest.raises(ValueError, match=r"p\(x \| c\)"):
+        t(x)
+    with pytest.raises(ValueError, match="unconditional"):
+        MultiScaleGlow((1, 4, 4), levels=2, steps_per_level=1, hidden_channels=8)(x, c)

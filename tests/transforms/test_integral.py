@@ -344,7 +344,7 @@ def test_lower_limit_and_exponential_base_1d() -> None:
 
 
 def test_errors() -> None:
-    with pytest.raises(ValueError, match="expected a batch of shape"):
+    with pytest.raises(ValueError, match="expects a batch of shape"):
         small(2)(torch.randn(4, 3))
     with pytest.raises(ValueError, match="unknown phi"):
         small(2, phi="relu")

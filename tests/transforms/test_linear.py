@@ -83,5 +83,5 @@ def test_explicit_permutation_and_errors():
         LULinear(3, permutation="shuffle")
     with pytest.raises(ValueError, match="positive int"):
         LULinear(0)
-    with pytest.raises(ValueError, match=r"expected a batch of shape \(B, 3\).*got \(5, 2\)"):
+    with pytest.raises(ValueError, match=r"expects a batch of shape \(B, 3\).*got \(5, 2\)"):
         t(torch.randn(5, 2))

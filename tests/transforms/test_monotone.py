@@ -293,3 +293,51 @@ def test_clear_errors():
         t(torch.randn(4, 3))
     with pytest.raises(ValueError, match="unconditional"):
         t(torch.randn(4, 2), torch.randn(4, 1))
+
+
+# ----- context (conditional maps) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_conditional_map_starts_as_the_unconditional_one(depth):
+    """``b(c) = b + V c`` with ``V = 0``: the same draws, and the log-space path gives the fused path's numbers."""
+    torch.manual_seed(3)
+    plain = ConstrainedMonotone(3, width=6, depth=depth)
+    torch.manual_seed(3)
+    cond = ConstrainedMonotone(3, width=6, depth=depth, context_features=2)
+    state = cond.state_dict()
+    assert torch.equal(state.pop("context_weight"), torch.zeros(3, 6, 2))
+    assert state.keys() == plain.state_dict().keys()
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in state.items())
+    _spread(plain, 0).double()
+    cond.load_state_dict({**plain.state_dict(), "context_weight": torch.zeros(3, 6, 2)})
+    cond.double()
+    x = torch.randn(16, 3, dtype=torch.float64)
+    y, ladj = plain(x)
+    y_c, ladj_c = cond(x, torch.randn(16, 2, dtype=torch.float64))
+    torch.testing.assert_close(y_c, y)
+    torch.testing.assert_close(ladj_c, ladj)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_conditional_map_passes_the_kit_and_is_increasing_for_every_context(depth):
+    torch.manual_seed(4)
+    t = _spread(ConstrainedMonotone(2, width=6, depth=depth, context_features=3), 1)
+    randomize_parameters_(t, std=0.5, seed=5)  # moves V (the context weights) away from zero
+    t.project_()
+    x, c = torch.randn(12, 2), torch.randn(12, 3)
+    check_transform(t, x, c, check_grid=False)
+    assert not torch.allclose(t(x, c)[0], t(x, c.flip(0))[0])
+    grid = torch.linspace(-4, 4, 200).unsqueeze(1)
+    for row in torch.randn(4, 3):
+        ys = t(torch.cat([grid, torch.zeros_like(grid)], 1), row.expand(200, 3))[0][:, 0]
+        assert (ys.diff() > 0).all()
+    assert t.parameter_groups()["b"][-1] is t.context_weight
+
+
+def test_conditional_map_refuses_a_missing_context():
+    t = ConstrainedMonotone(2, width=3, context_features=2)
+    with pytest.raises(ValueError, match=r"p\(x \| c\)"):
+        t(torch.randn(4, 2))
+    with pytest.raises(ValueError, match=r"\(B, 2\)"):
+        t.inverse(torch.randn(4, 2), torch.randn(4, 3))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -272,3 +274,36 @@ def test_bad_input_and_options():
         block(torch.randn(3, 2), torch.randn(3, 1))
     with pytest.raises(ValueError, match="2 numbers per event"):
         block(torch.randn(3, 3))
+
+
+# ----- context (conditional dynamics f(z, t, c)) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_conditional_block_passes_the_kit_and_the_context_gets_gradients(adjoint):
+    torch.manual_seed(0)
+    t = ODETransform(ODENet((2,), [8], "tanh", context_features=3), 2, end_time=1.0, adjoint=adjoint, **TIGHT)
+    assert t.context_features == 3  # read from the net
+    randomize_parameters_(t, 0.3, 0)
+    x, c = torch.randn(5, 2), torch.randn(5, 3)
+    check_transform(t, x, c, inverse_atol=1e-7, max_jacobian_points=2, check_grid=False)
+    z1, _ = t(x, c)
+    assert (z1 - t(x, c.flip(0))[0]).abs().max() > 1e-3
+    # the trace is d f / d z only; the context (e.g. an embedding's output) is differentiable
+    c.requires_grad_(True)
+    _, ladj = t(x, c)
+    (grad,) = torch.autograd.grad(ladj.sum() + t(x, c)[0].sum(), c)
+    assert torch.isfinite(grad).all() and grad.abs().max() > 0
+    copy.deepcopy(t)  # no graph of the context is left on the module
+
+
+def test_conditional_conv_net_broadcasts_the_context():
+    torch.manual_seed(0)
+    net = ODENet((1, 3, 3), [4], "tanh", context_features=2)
+    t = randomize_parameters_(ODETransform(net, 9, end_time=1.0, exact_trace_max_dim=9, **TIGHT), 0.3, 0)
+    x, c = torch.randn(3, 1, 3, 3), torch.randn(3, 2)
+    check_transform(t, x, c, inverse_atol=1e-7, max_jacobian_points=1, check_grid=False)
+    with pytest.raises(ValueError, match=r"p\(x \| c\)"):
+        t(x)
+    with pytest.raises(ValueError, match=r"\(B, 2\)"):
+        t(x, torch.randn(3, 1))

@@ -311,7 +311,7 @@ def test_parameters_initialisation_and_groups() -> None:
 
 def test_errors() -> None:
     t = PaperUnconstrainedTransform(2, 8)
-    with pytest.raises(ValueError, match=r"expected a batch of shape \(B, 2\)"):
+    with pytest.raises(ValueError, match=r"expects a batch of shape \(B, 2\)"):
         t(torch.randn(4, 3))
     with pytest.raises(ValueError, match="unconditional"):
         t(torch.randn(4, 2), torch.randn(4, 1))
@@ -326,3 +326,20 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match="min_slope"):
         PaperUnconstrainedTransform(2, 8, min_slope=-1.0)
     assert PaperUnconstrainedTransform(3, 8, lower_limit=-2).lower.tolist() == [-2.0] * 3
+
+
+def test_conditional_layout_shifts_the_hidden_biases() -> None:
+    """``b_i(c) = b_i + V_i c``: zero V gives the paper's map; a moved V passes the kit, per context."""
+    torch.manual_seed(0)
+    plain = PaperUnconstrainedTransform(2, 16, min_slope=1e-3).to(F64)
+    torch.manual_seed(0)
+    cond = PaperUnconstrainedTransform(2, 16, min_slope=1e-3, context_features=3).to(F64)
+    x, c = above([0.0, 0.0], 10), torch.randn(10, 3, dtype=F64)
+    torch.testing.assert_close(cond(x, c)[0], plain(x)[0])
+    with torch.no_grad():
+        cond.context_weight.normal_(0, 0.5)
+    assert not torch.allclose(cond(x, c)[1], cond(x, c.flip(0))[1])
+    check_transform(cond, x, c, inverse_atol=1e-5, check_grid=False)
+    assert cond.parameter_groups()["b"] == [cond.b, cond.context_weight]
+    with pytest.raises(ValueError, match=r"p\(x \| c\)"):
+        cond(x)

@@ -283,3 +283,29 @@ def test_conv_layer_gradient_is_the_mixture_gradient_for_an_exactly_inverted_1x1
     z = torch.linalg.solve(t_r, x.flatten(1).T).T.reshape(x.shape) + b
     nll(z, -torch.linalg.slogdet(t_r)[1]).backward()
     torch.testing.assert_close(layer.inverse_weight.grad, 0.5 * r.grad)
+
+
+# ----------------------------------------------------------------------------- context bias
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_context_bias_shifts_the_output_only(kind):
+    torch.manual_seed(0)
+    if kind == "linear":
+        t, x = SelfNormLinear(3, context_features=2), torch.randn(8, 3)
+    else:
+        t, x = SelfNormConv(2, 3, context_features=2), torch.randn(8, 2, 3, 3)
+    c = torch.randn(8, 2)
+    t.eval()
+    randomize_parameters_(t, 0.3, 1)
+    check_transform(t, x, c, check_grid=False)
+    z, ladj = t(x, c)
+    z_other, ladj_other = t(x, c.flip(0))
+    assert not torch.allclose(z, z_other)
+    torch.testing.assert_close(ladj, ladj_other)  # a shift: the log-det does not depend on c
+    shift = c @ t.context_weight.mT
+    torch.testing.assert_close(z - z_other, (shift - shift.flip(0)).reshape(8, -1, *([1] * (x.ndim - 2))).expand_as(z))
+    if kind == "linear":  # the learned inverse subtracts the same shift
+        with torch.no_grad():
+            t.inverse_weight.copy_(torch.linalg.inv(t.weight))
+        torch.testing.assert_close(t.approximate_inverse(z, c), x, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"p\(x \| c\)"):
+        t(x)

@@ -12,7 +12,9 @@ dimension is always the first and only one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +27,90 @@ __all__ = [
     "Inverse",
     "Permutation",
     "Transform",
+    "check_context",
+    "check_features",
+    "collect_outside",
+    "outside_rows",
+    "report_outside",
 ]
+
+# The rows of the batch being sampled whose draw fell outside a bounded transform's image
+# (None: no sampler is collecting them, so such a row is an error). See collect_outside.
+_OUTSIDE: ContextVar[list[Tensor] | None] = ContextVar("unflow_zoo_outside_rows", default=None)
+
+
+@contextmanager
+def collect_outside(batch: int, device: torch.device | None = None) -> Iterator[list[Tensor]]:
+    """Collect, instead of raising, the rows of a ``batch``-row inverse pass that fall outside the
+    bounded image of a transform (NAF's sigmoidal layers map R onto an interval).
+
+    Inside the block such a transform calls :func:`report_outside`, fills those rows with NaN and
+    goes on; the yielded one-item list holds the ``(batch,)`` boolean mask of the reported rows, so
+    that a sampler can redraw exactly them (:meth:`unflow_zoo.core.flow.Flow.sample` does: rejection
+    sampling of the base draws that the flow cannot map back). Outside the block they raise
+    :class:`~unflow_zoo.errors.InputOutsideDomain`, as before.
+    """
+    box = [torch.zeros(batch, dtype=torch.bool, device=device)]
+    token = _OUTSIDE.set(box)
+    try:
+        yield box
+    finally:
+        _OUTSIDE.reset(token)
+
+
+def report_outside(rows: Tensor) -> bool:
+    """Mark ``rows`` (a ``(B,)`` boolean mask) as outside a transform's image when a sampler collects
+    them (:func:`collect_outside`, same batch size) and return True; else return False (raise)."""
+    box = _OUTSIDE.get()
+    if box is None or box[0].shape != rows.shape:
+        return False
+    box[0] = box[0] | rows.to(box[0].device)
+    return True
+
+
+def outside_rows() -> Tensor | None:
+    """The rows reported so far by :func:`report_outside` in the active collection, or None."""
+    box = _OUTSIDE.get()
+    return None if box is None else box[0]
+
+
+def check_features(x: Tensor, features: int, owner: str) -> None:
+    """Raise :class:`~unflow_zoo.errors.DataError` (a ``ValueError``) unless ``x`` is a ``(B, features)`` batch.
+
+    The one shape check of the tabular transforms; ``owner`` names the transform in the message.
+    """
+    if x.ndim != 2 or x.shape[1] != features:
+        raise DataError(
+            f"{owner} over {features} features expects a batch of shape (B, {features}), got {tuple(x.shape)}"
+        )
+
+
+def check_context(context: Tensor | None, batch: int, context_features: int, owner: str) -> None:
+    """Raise :class:`~unflow_zoo.errors.DataError` unless ``context`` fits a transform built with
+    ``context_features`` (0: unconditional, so ``context`` must be None) for a batch of ``batch`` rows.
+
+    One check for every conditional transform: a missing context, a context given to an unconditional
+    transform, the wrong width and the wrong batch size each get a message with the shapes and the fix.
+    """
+    if context is None:
+        if context_features:
+            raise DataError(
+                f"{owner} was built with context_features={context_features} and models p(x | c): pass "
+                f"context=c of shape (B, {context_features}) with the batch"
+            )
+        return
+    if not context_features:
+        raise DataError(
+            f"{owner} is unconditional (context_features=0) but got a context of shape {tuple(context.shape)}; "
+            "call it without a context, or build it with context_features=C to model p(x | c)"
+        )
+    if context.ndim != 2 or context.shape[1] != context_features:
+        raise DataError(f"{owner} expects a context of shape (B, {context_features}), got {tuple(context.shape)}")
+    if context.shape[0] != batch:
+        raise DataError(
+            f"{owner} got a batch of {batch} rows but a context of {context.shape[0]} rows; "
+            "give one context row per data row"
+        )
 
 
 class Transform(nn.Module):
@@ -37,8 +122,12 @@ class Transform(nn.Module):
     with the same batch size, for conditional flows.
 
     A transform whose inverse is computed numerically (bisection, Newton, an
-    ODE solve) says so in its docstring and states its tolerance.
+    ODE solve) says so in its docstring and states its tolerance; one whose inverse
+    is not differentiable (a solve run without autograd) sets :attr:`analytic_inverse`
+    to False, so that a flow built on it offers no ``rsample``.
     """
+
+    analytic_inverse: bool = True
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError(f"{type(self).__name__} does not implement forward()")

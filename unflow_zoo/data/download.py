@@ -1,11 +1,11 @@
 """Fetch a file by URL, verify its checksum, and unpack archives safely.
 
-:func:`download` streams to a temporary file next to the destination, hashes
-while it writes, and renames into place only once the checksum matches, so a
-destination path either holds the verified file or nothing: an interrupted or
-corrupted download never leaves a half-written file that a later run could
-mistake for the real one. ``file://`` URLs work like any other (the tests use
-them, and a user can point at a copy on a shared disk).
+:func:`download` has ``torch.hub.download_url_to_file`` fetch the bytes into a temporary
+file next to the destination, checks every published digest of that file in full, and
+renames it into place only once they all match, so a destination path either holds the
+verified file or nothing: an interrupted or corrupted download never leaves a
+half-written file that a later run could mistake for the real one. ``file://`` URLs work
+like any other (the tests use them, and a user can point at a copy on a shared disk).
 
 :func:`extract_tar` unpacks with tarfile's ``"data"`` filter (PEP 706), which
 refuses members that would land outside the destination (``../``, absolute
@@ -14,6 +14,7 @@ paths, links pointing out), device files and set-uid bits.
 References:
     PEP 706, "Filter for tarfile.extractall" (Python 3.12, backported to 3.8.17+,
     3.9.17+, 3.10.12+, 3.11.4+).
+    ``torch.hub.download_url_to_file`` (PyTorch): the HTTP(S)/``file://`` fetch.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sys
 import tarfile
 import tempfile
-import urllib.request
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from torch.hub import download_url_to_file
 
 from unflow_zoo.errors import ChecksumError, ConfigError, MissingFileError
 
@@ -35,13 +37,27 @@ __all__ = ["ChecksumError", "download", "extract_tar", "file_digest", "sha256_fi
 _CHUNK = 1 << 20  # 1 MiB: large enough to keep hashing cheap, small enough to stream
 
 
-def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
-    """Hex digest of the file at ``path`` (``hashlib`` algorithm name), read in 1 MiB chunks."""
-    digest = hashlib.new(algorithm)
+def _file_digests(path: str | os.PathLike[str], algorithms: Iterable[str]) -> dict[str, str]:
+    """Hex digests of the file at ``path`` for each ``hashlib`` algorithm, in one pass of 1 MiB chunks."""
+    digests = {name: hashlib.new(name) for name in algorithms}
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+            for digest in digests.values():
+                digest.update(chunk)
+    return {name: digest.hexdigest() for name, digest in digests.items()}
+
+
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """Hex digest of the file at ``path``, read in 1 MiB chunks.
+
+    Args:
+        path: the file.
+        algorithm: a ``hashlib`` algorithm name (``"sha256"``, ``"md5"``, ...).
+
+    Returns:
+        The lower-case hex digest.
+    """
+    return _file_digests(path, [algorithm])[algorithm]
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -83,10 +99,10 @@ def download(
 ) -> Path:
     """Download ``url`` to the file ``dest`` and verify it; returns ``dest``.
 
-    The bytes go to a temporary file in ``dest``'s folder and are hashed on the
-    way; only when every given digest matches is the file renamed (atomically,
-    ``os.replace``) to ``dest``. A ``dest`` that already exists and matches is
-    kept without downloading.
+    The bytes go to a temporary file in ``dest``'s folder; only when every given
+    digest of it matches is it renamed (atomically, ``os.replace``) to ``dest``.
+    A ``dest`` that already exists and matches is kept without downloading; one
+    that does not match is replaced.
 
     Args:
         url: ``https://``, ``http://`` or ``file://`` URL.
@@ -97,6 +113,9 @@ def download(
             checked in addition to ``sha256``.
         progress: show a tqdm progress bar on stderr.
 
+    Returns:
+        ``dest`` (``~`` expanded), holding the verified file.
+
     Raises:
         ChecksumError: a digest differs; names the file, the expected and the actual
             digest, and removes the temporary file, so nothing is left at ``dest``.
@@ -105,42 +124,29 @@ def download(
     """
     expected = _expected(sha256, md5)
     dest = Path(dest).expanduser()
-    if dest.is_file():
-        actual = {name: file_digest(dest, name) for name in expected}
-        if all(actual[name] == value for name, value in expected.items()):
-            return dest
+    if dest.is_file() and _file_digests(dest, expected) == expected:
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    hashes = {name: hashlib.new(name) for name in expected}
     # Same folder as dest: os.replace is then a rename within one file system, hence atomic.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            bar = _progress_bar(total, dest.name) if progress else None
-            try:
-                for chunk in iter(lambda: response.read(_CHUNK), b""):
-                    out.write(chunk)
-                    for h in hashes.values():
-                        h.update(chunk)
-                    if bar is not None:
-                        bar.update(len(chunk))
-            finally:
-                if bar is not None:
-                    bar.close()
-        _check(dest, {name: h.hexdigest() for name, h in hashes.items()}, expected, f"downloaded {url} ->")
+        # torch.hub's fetch (already a dependency, maintained, used for every torchvision weight
+        # file) does the transfer: urllib for http(s):// and file://, a tqdm bar, its own
+        # ".partial" file that it removes on any error (Ctrl-C included) and moves to `tmp` only
+        # once complete. Our checks stay around it, because it cannot do them: its hash_prefix
+        # is a SHA-256 *prefix* raising a bare RuntimeError, and it knows no MD5, the only digest
+        # some archives publish. So `tmp` is hashed in full afterwards (one more read of a file
+        # that is usually still in the page cache) before it may become `dest`.
+        # It sets no socket timeout (our old loop used 60 s): a stalled server stalls the
+        # download until Ctrl-C, which leaves nothing behind. pooch would do the whole job (any
+        # hash, retries) but is one more dependency for one archive and checks one digest per file.
+        download_url_to_file(url, str(tmp), hash_prefix=None, progress=progress)
+        _check(dest, _file_digests(tmp, expected), expected, f"downloaded {url} ->")
         os.replace(tmp, dest)
     except BaseException:  # also Ctrl-C: never leave the partial file behind
         tmp.unlink(missing_ok=True)
         raise
     return dest
-
-
-def _progress_bar(total: int | None, name: str):
-    from tqdm.auto import tqdm  # only when a bar is wanted
-
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, file=sys.stderr)
 
 
 def _member_path(name: str) -> str:

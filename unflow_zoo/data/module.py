@@ -1,20 +1,26 @@
 r"""DensityDataModule: one LightningDataModule for every density data set.
 
 The module serves float32 batches (float64 with ``dtype="float64"``) of shape ``(B, D)``
-(or ``(B, C, H, W)`` for images) and tells the model three things: ``event_shape`` (known right after
+(or ``(B, C, H, W)`` for images) and tells the model four things: ``event_shape`` (known right after
 construction, so LightningCLI can link ``data.event_shape`` to
-``model.event_shape``); where known, the true log-density of the points it
+``model.event_shape``); ``context_features``, the width of the context ``c`` of batches ``(x, c)``;
+where known, the true log-density of the points it
 serves (:meth:`DensityDataModule.true_log_prob`), from which FlowModule
 estimates :math:`\mathrm{KL}(p\,\|\,q)`; and, for images, the log-determinant
 of the preprocessing (:meth:`DensityDataModule.pixel_log_det`), from which
 FlowModule reports bits/dim in pixel space.
+
+Where the data come from is one :class:`~unflow_zoo.data.kinds.DataKind` per kind of source
+(synthetic, conditional, shipped files, the user's files and arrays, UCI, images), which the
+module holds as :attr:`DensityDataModule.kind`; the module itself scales, validates and serves.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,25 +30,40 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset, get_worker_info
 
-from unflow_zoo.data.files import VENDORED, peek_dim, read_points, resolve_path
-from unflow_zoo.data.images import IMAGE_DATASETS, load_digits, load_mnist
+from unflow_zoo.data.conditional import ConditionalSource
+from unflow_zoo.data.images import load_mnist
+from unflow_zoo.data.kinds import (
+    ARRAYS,
+    CONTEXTS,
+    FILE,
+    ConditionalData,
+    DataKind,
+    LoadRequest,
+    Splits,
+    SyntheticData,
+    UCIData,
+    arrays_from_hf,
+    dataset_names,
+    make_kind,
+    split_sizes,
+)
+from unflow_zoo.data.paths import resolve_data_dir
 from unflow_zoo.data.preprocess import PixelPreprocess, dequantize
-from unflow_zoo.data.synthetic import SOURCES, Source, get_source
-from unflow_zoo.data.validation import validate_points
+from unflow_zoo.data.synthetic import Source
 from unflow_zoo.errors import ConfigError, DataError, DataTypeError
 
 __all__ = [
+    "CONTEXTS",
     "DTYPES",
     "SCALINGS",
     "DensityDataModule",
     "Scaling",
+    "ServedContext",
     "ServedDtype",
     "dataset_names",
     "split_sizes",
     "standardize_stats",
 ]
-
-_FILE = "file"
 
 Scaling = Literal["none", "standardize", "ball"]
 #: The values of ``DensityDataModule(scaling=...)``.
@@ -52,49 +73,13 @@ ServedDtype = Literal["float32", "float64"]
 #: The values of ``DensityDataModule(dtype=...)`` and the torch dtypes they serve.
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
-if (
-    len({*SOURCES, *VENDORED, *IMAGE_DATASETS, _FILE}) != len(SOURCES) + len(VENDORED) + len(IMAGE_DATASETS) + 1
-):  # pragma: no cover
-    raise RuntimeError("data set names must be unique across synthetic sources, shipped files, images and 'file'")
+#: The values of ``DensityDataModule(context=...)``: no context, or an image's one-hot class label.
+ServedContext = Literal["none", "label"]
 
-
-def _uci_datasets() -> dict[str, int]:
-    """``unflow_zoo.data.uci.UCI_DATASETS`` (name -> D), or ``{}`` while that module is absent.
-
-    Imported here rather than at the top so that this module (and the synthetic and
-    image sets) work whether or not the UCI loaders are installed.
-    """
-    try:
-        from unflow_zoo.data.uci import UCI_DATASETS
-    except ImportError:
-        return {}
-    return dict(UCI_DATASETS)
-
-
-def dataset_names() -> list[str]:
-    """Every value ``DensityDataModule(dataset=...)`` accepts."""
-    uci = [name for name in sorted(_uci_datasets()) if name not in {*SOURCES, *VENDORED, *IMAGE_DATASETS}]
-    return sorted(SOURCES) + sorted(VENDORED) + uci + sorted(IMAGE_DATASETS) + [_FILE]
-
-
-def split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
-    """``(n_train, n_val, n_test)`` for ``n`` points.
-
-    Each held-out size is ``round(n * fraction)``, but at least one point when its
-    fraction is positive, so asking for a validation set never silently yields none.
-
-    Raises:
-        DataError: nothing would be left to train on.
-    """
-    n_val = max(round(n * val_fraction), 1) if val_fraction > 0 else 0
-    n_test = max(round(n * test_fraction), 1) if test_fraction > 0 else 0
-    n_train = n - n_val - n_test
-    if n_train < 1:
-        raise DataError(
-            f"{n} points split with val_fraction={val_fraction} and test_fraction={test_fraction} "
-            f"leave {n_train} for training; use more points or smaller fractions"
-        )
-    return n_train, n_val, n_test
+# The arrays DensityDataModule.from_arrays hands to the __init__ it calls: (x, context, name). Not
+# an argument of __init__, so that they stay out of hparams (LightningCLI, checkpoints, pretrained
+# records), which hold plain values only.
+_GIVEN: ContextVar[tuple[Any, Any, str] | None] = ContextVar("unflow_zoo_given_arrays", default=None)
 
 
 def _torch_seed(seq: np.random.SeedSequence) -> int:
@@ -158,7 +143,8 @@ class EpochSampler(RandomSampler):
 
 
 class DequantizingCollate:
-    r"""Collate integer pixels into served batches ``(x,)``, with fresh dequantisation noise per call.
+    r"""Collate integer pixels into served batches ``(x,)`` (``(x, c)`` with a context), with fresh
+    dequantisation noise per call.
 
     :math:`x = g(k + u)`, :math:`u \sim U[0, 1)` (or :math:`x = g(k)` with ``dequantize=False``),
     ``g`` the :class:`~unflow_zoo.data.preprocess.PixelPreprocess`, then flattened to ``(B, D)``
@@ -167,6 +153,8 @@ class DequantizingCollate:
     DataLoader worker it comes from the worker's global torch stream, which PyTorch seeds
     from the loader's own (seeded) generator plus the worker id: still reproducible, and
     distinct across workers (a copied ``generator`` would repeat the same noise in each).
+    Items ``(pixels, context)`` (a labelled image set) give batches ``(x, c)``, the contexts
+    stacked unchanged; the noise is drawn the same way with or without them.
     """
 
     def __init__(
@@ -181,15 +169,18 @@ class DequantizingCollate:
         x = self.preprocess.to_served(y)
         return x.reshape(x.shape[0], -1) if self.flatten else x
 
-    def __call__(self, items: list[Any]) -> tuple[Tensor]:
+    def __call__(self, items: list[Any]) -> tuple[Tensor, ...]:
+        if items and isinstance(items[0], (tuple, list)) and len(items[0]) > 1:
+            pixels = torch.stack([item[0] for item in items])
+            return self.serve(pixels), torch.stack([item[1] for item in items])
         return (self.serve(torch.stack([item[0] if isinstance(item, (tuple, list)) else item for item in items])),)
 
 
 class DensityDataModule(L.LightningDataModule):
-    r"""Train/val/test splits of a synthetic source, a file of points, a UCI set or images.
+    r"""Train/val/test splits of a synthetic source, a file or arrays of points, a UCI set or images.
 
-    **Tabular data** (synthetic sources, shipped files, ``file``): ``setup()`` draws
-    (or reads) the data, checks it for NaN/inf and for values that overflow the served
+    **Tabular data** (synthetic sources, shipped files, ``file``, arrays given with
+    :meth:`from_arrays` or :meth:`from_hf`): ``setup()`` draws (or reads) the data, checks it for NaN/inf and for values that overflow the served
     ``dtype`` (``1e39`` in float32; a :class:`~unflow_zoo.errors.DataError` names the line
     and column), shuffles it with ``seed`` and splits it by the fractions; the same
     arguments always give the same splits. With a ``scaling`` the served data are
@@ -233,17 +224,35 @@ class DensityDataModule(L.LightningDataModule):
 
     ``standardize``, ``scaling`` and ``n_samples`` are ignored for images; ``train_data`` /
     ``val_data`` / ``test_data`` hold served float32 tensors (training split dequantised
-    with fixed noise, for baselines and plots; training batches use fresh noise).
+    with fixed noise, for baselines and plots; training batches use fresh noise). With
+    ``context="label"`` every image comes with its class as a one-hot context ``c`` (10 wide;
+    ``train_context`` / ``val_context`` / ``test_context``), batches are ``(x, c)``, and a flow
+    with ``context_features=10`` models :math:`p(x \mid \text{label})`; the images, their
+    split and their noise are the same as without.
+
+    **Conditional data** (the conditional sources, ``context_columns`` of a file, an ``.npz``
+    with a ``context`` array, ``context=`` of :meth:`from_arrays`, ``context="label"``): batches
+    are ``(x, c)`` and :attr:`context_features` is the width of ``c``.
 
     Args:
         dataset: a synthetic source (``moons``, ``8gaussians``, ``gmm1d``, ...),
             a shipped file of the seed paper (``mog1d``, ``beta1d``, ``grid``,
             ``mog5d``), a UCI set, an image set (``digits``, ``mnist``), or ``file``
-            to read ``path``; see :func:`dataset_names`.
-        data_dir: folder relative paths are also looked up in, and where UCI and MNIST
-            files are looked for (and downloaded to).
-        path: the text file for ``dataset="file"``: one point per line,
-            coordinates separated by whitespace.
+            to read ``path``; see :func:`dataset_names`. (``arrays`` is what
+            :meth:`from_arrays` and :meth:`from_hf` record; it cannot be built by name.)
+        data_dir: the folder UCI and MNIST files are looked for in (and downloaded to), and
+            where a relative ``path`` is looked up after the working directory. None (the
+            default): the user's cache, ``$UNFLOW_ZOO_DATA``, else ``$UNFLOW_ZOO_CACHE/data``,
+            else ``$XDG_CACHE_HOME/unflow_zoo/data``, else ``~/.cache/unflow_zoo/data``
+            (:func:`~unflow_zoo.data.paths.default_data_dir`), read from the environment when the
+            module looks for files, not when it is imported. A relative ``data_dir`` is relative
+            to the working directory.
+        path: the data file for ``dataset="file"``, read by its suffix: ``.csv`` (comma-separated,
+            one point per row; a first row that holds no number is a header of column names),
+            ``.npy`` (one ``(n, D)`` array), ``.npz`` (one such array, or ``x`` and optionally
+            ``context``, one row per point), anything else whitespace-separated text, one point per
+            line (:func:`~unflow_zoo.data.files.read_table`); absolute, or relative to the working
+            directory (tried first) or to ``data_dir``. NumPy files are never unpickled.
         batch_size: training batch size.
         n_samples: number of points drawn from a synthetic source (files use all rows).
         val_fraction: share of points held out for validation; 0 skips validation.
@@ -267,10 +276,20 @@ class DensityDataModule(L.LightningDataModule):
         download: fetch missing files (MNIST from the Hugging Face Hub, UCI from the
             published archive) into ``data_dir``; without it a missing file is an error
             that says where it was looked for.
+        context_columns: ``dataset="file"`` only: the columns of the file that are the
+            context :math:`c` of a conditional flow :math:`p(x \mid c)`, by 0-based index or, for a
+            ``.csv`` with a header, by name; the other columns are :math:`x`. Batches are then
+            ``(x, c)``. The conditional sources (``8gaussians-by-label``, ``gaussian-by-context``,
+            ``two-moons-sbi``; :mod:`unflow_zoo.data.conditional`) and an ``.npz`` with a
+            ``context`` array serve ``(x, c)`` by themselves. Contexts are served raw (``scaling``
+            applies to :math:`x` only), in the served ``dtype``.
         dtype: ``"float32"`` (default) or ``"float64"``: the dtype of the served tabular and
             UCI data, which the data are validated in. ``"float64"`` is for data beyond
             float32's range (about 3.4e38), trained with ``Trainer(precision="64-true")``;
             images are always served in float32 (a warning says so).
+        context: images only: ``"label"`` serves each image's class as a one-hot context
+            (batches ``(x, c)``, :attr:`context_features` 10); ``"none"`` (default) serves the
+            images alone.
 
     References:
         Shah, Deshpande & Goyal, "Learning and Generalization in Overparameterized
@@ -285,7 +304,7 @@ class DensityDataModule(L.LightningDataModule):
     def __init__(
         self,
         dataset: str = "moons",
-        data_dir: str = "data",
+        data_dir: str | None = None,
         path: str | None = None,
         batch_size: int = 256,
         n_samples: int = 20000,
@@ -301,6 +320,8 @@ class DensityDataModule(L.LightningDataModule):
         logit_alpha: float | None = None,
         download: bool = False,
         dtype: ServedDtype = "float32",
+        context_columns: list[int | str] | None = None,
+        context: ServedContext = "none",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -331,54 +352,36 @@ class DensityDataModule(L.LightningDataModule):
             )
         if dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+        if context not in CONTEXTS:
+            raise ConfigError(f"unknown context {context!r}; choose one of: {', '.join(CONTEXTS)}")
         #: The scaling applied to tabular data: ``"none"``, ``"standardize"`` or ``"ball"``.
         self.scaling: str = scaling if scaling is not None else ("standardize" if standardize else "none")
 
-        self.source: Source | None = None
-        self.file: Path | None = None
-        self.preprocess: PixelPreprocess | None = None
-        self._raw_log_prob: Callable[[Tensor], Tensor] | None = None
-        uci = _uci_datasets()
-        if dataset in SOURCES:
-            self.source = get_source(dataset)
-            dim = self.source.dim
-            self._raw_log_prob = self.source.log_prob if self.source.has_density else None
-        elif dataset in VENDORED:
-            self.file = VENDORED[dataset].path
-            dim = VENDORED[dataset].dim
-            self._raw_log_prob = VENDORED[dataset].log_prob
-        elif dataset in IMAGE_DATASETS:
-            spec = IMAGE_DATASETS[dataset]
-            if not dequantize and logit_alpha == 0.0:
-                raise ConfigError(
-                    "logit_alpha=0 without dequantisation maps pixel 0 to -inf; "
-                    "set dequantize=True or a positive logit_alpha"
-                )
-            self.preprocess = PixelPreprocess(spec.levels, logit_alpha)
-            dim = math.prod(spec.shape)
-            self._warn_ignored(dataset, standardize=False, scaling=None, n_samples=20000, dtype="float32")
-            if dataset == "mnist":
-                self._warn_ignored(dataset, test_fraction=0.1)
-                if val_fraction not in (0.0, 0.1):
-                    warnings.warn(
-                        f"dataset='mnist' validates on the last 10 000 training images (MAF's 50k/10k split) "
-                        f"whenever val_fraction > 0; val_fraction={val_fraction} is used only as on/off",
-                        UserWarning,
-                        stacklevel=2,
-                    )
-        elif dataset in uci:
-            dim = uci[dataset]
-            self._warn_ignored(
-                dataset, val_fraction=0.1, test_fraction=0.1, standardize=False, scaling=None, n_samples=20000
+        #: Where the data come from: one :class:`~unflow_zoo.data.kinds.DataKind`, which the module asks
+        #: for the shapes, the splits, the true density and the pixel map.
+        self.kind: DataKind = make_kind(
+            dataset,
+            path=path,
+            data_dir=self.data_dir,
+            context_columns=context_columns,
+            context=context,
+            flatten=flatten,
+            dequantize=dequantize,
+            logit_alpha=logit_alpha,
+            arrays=_GIVEN.get() if dataset == ARRAYS else None,
+            dtype=np.float32 if dtype == "float32" else np.float64,
+            mnist_loader=load_mnist,  # looked up here, so that it can be swapped (a test fakes the download)
+        )
+        for defaults in self.kind.ignored:
+            self._warn_ignored(dataset, **defaults)
+        for note in self.kind.notes(self.hparams):
+            warnings.warn(note, UserWarning, stacklevel=2)
+        if context_columns and dataset != FILE:
+            raise ConfigError(
+                f"context_columns names columns of a file (dataset='file'); dataset={dataset!r} "
+                + ("serves its own context" if self.kind.context_features else "has no context columns")
             )
-        else:
-            if path is None:
-                raise ConfigError("dataset='file' needs path=: a text file with one point per line")
-            self.file = resolve_path(path, data_dir)
-            dim = peek_dim(self.file)  # only the first line: event_shape must not cost a full read
-        if self.preprocess is None:
-            self._warn_ignored(dataset, flatten=False, dequantize=True, logit_alpha=None)
-        self.event_shape: tuple[int, ...] = IMAGE_DATASETS[dataset].shape if self.is_image and not flatten else (dim,)
+        self.event_shape: tuple[int, ...] = tuple(self.kind.event_shape)
         # Readers of hparams.standardize (the pretrained records) see either spelling; the
         # warnings above have named what the caller actually passed.
         self.hparams["standardize"] = self.scaling == "standardize"
@@ -386,15 +389,101 @@ class DensityDataModule(L.LightningDataModule):
         self.train_data: Tensor | None = None
         self.val_data: Tensor | None = None
         self.test_data: Tensor | None = None
+        # The context of each split (conditional data only), one row per point.
+        self.train_context: Tensor | None = None
+        self.val_context: Tensor | None = None
+        self.test_context: Tensor | None = None
         # Integer pixels of each split (images only); training batches are dequantised from these.
         self.train_pixels: Tensor | None = None
         self.val_pixels: Tensor | None = None
         self.test_pixels: Tensor | None = None
         # Identity until setup() fits them, so the transforms below always work.
+        dim = math.prod(self.event_shape)
         self.mean: Tensor = torch.zeros(dim, dtype=torch.float64)
         self.std: Tensor = torch.ones(dim, dtype=torch.float64)
         # No torch.Generator is held here: the module must pickle for ddp_spawn. The shuffle
         # order comes from EpochSampler (seed + epoch) and the noise stream is made per loader.
+
+    @classmethod
+    def from_arrays(cls, x: Any, context: Any = None, *, name: str = ARRAYS, **kwargs: Any) -> DensityDataModule:
+        r"""A data module serving the points ``x`` (and contexts ``context``) given from Python.
+
+        The arrays are validated (as files are: NaN/inf and overflow in the served ``dtype``,
+        naming the row and column index) and copied when the module is built, then shuffled
+        with ``seed``, split by the fractions and scaled like any tabular data.
+
+        The arrays are not among the module's arguments: ``hparams`` records
+        ``dataset="arrays"`` and the other arguments, so a Lightning checkpoint or a saved
+        pretrained flow records that the flow was trained on arrays, but not the arrays, and
+        :func:`~unflow_zoo.pretrained.rebuild_datamodule` cannot rebuild the module (it says so).
+        To keep the data with the record, save them (``np.savez(path, x=x, context=c)``) and use
+        ``DensityDataModule(dataset="file", path=path)``.
+
+        Args:
+            x: the points, ``(n, D)``: a NumPy array, a torch tensor (any device), or
+                anything ``np.asarray`` takes.
+            context: their contexts ``(n, C)``, one row per point, for a conditional flow
+                :math:`p(x \mid c)` (batches ``(x, c)``); None for none.
+            name: what the data are called in messages and ``repr``.
+            **kwargs: the other arguments of :class:`DensityDataModule` (``batch_size``,
+                ``seed``, ``val_fraction``, ``scaling``, ``dtype``, ...); not ``dataset``, ``path``
+                or ``context_columns``.
+
+        Returns:
+            The data module, not yet set up.
+
+        Raises:
+            ConfigError: ``dataset``, ``path`` or ``context_columns`` in ``kwargs``.
+            DataTypeError: arrays of objects, strings or complex numbers.
+            DataError: not ``(n, D)``, rows of ``x`` and ``context`` that differ in number, NaN/inf,
+                or values that overflow the served dtype.
+        """
+        for arg, instead in (
+            ("dataset", "the data are x"),
+            ("path", "use DensityDataModule(dataset='file', path=...) for a file"),
+            ("context_columns", "pass the context as context="),
+        ):
+            if arg in kwargs:
+                raise ConfigError(f"from_arrays takes no {arg}=: {instead}")
+        token = _GIVEN.set((x, context, name))
+        try:
+            return cls(dataset=ARRAYS, **kwargs)
+        finally:
+            _GIVEN.reset(token)
+
+    @classmethod
+    def from_hf(
+        cls,
+        dataset: Any,
+        columns: Sequence[str] | None = None,
+        context_columns: Sequence[str] | None = None,
+        *,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> DensityDataModule:
+        r"""A data module serving columns of a Hugging Face ``datasets.Dataset`` as points (and contexts).
+
+        The columns are read into arrays (each a number, or a fixed-length sequence of numbers,
+        per row) and served as with :meth:`from_arrays`, whose notes on what is recorded apply.
+
+        Args:
+            dataset: one split, a ``datasets.Dataset`` (``dataset_dict["train"]``); the module
+                splits it by ``val_fraction`` / ``test_fraction``.
+            columns: the columns of :math:`x`, in order; None: every column not in ``context_columns``.
+            context_columns: the columns of the context :math:`c` of :math:`p(x \mid c)`; None for none.
+            name: what the data are called in messages; None: the dataset's own name.
+            **kwargs: the other arguments of :class:`DensityDataModule`, as for :meth:`from_arrays`.
+
+        Returns:
+            The data module, not yet set up.
+
+        Raises:
+            DataTypeError: not a ``datasets.Dataset``, or a column that does not hold numbers.
+            ConfigError: a column the dataset does not have, or named twice.
+            DataError: what :meth:`from_arrays` refuses (NaN/inf, overflow, naming the row and column index).
+        """
+        x, context, where = arrays_from_hf(dataset, columns, context_columns, name)
+        return cls.from_arrays(x, context, name=where, **kwargs)
 
     def _warn_ignored(self, dataset: str, **defaults: Any) -> None:
         changed = [f"{k}={self.hparams[k]!r}" for k, v in defaults.items() if self.hparams[k] != v]
@@ -408,9 +497,57 @@ class DensityDataModule(L.LightningDataModule):
 
     # ----- data -----------------------------------------------------------------------------
     @property
+    def data_dir(self) -> Path:
+        """The folder data files are read from and downloaded to: ``data_dir=``, or the default
+        (:func:`~unflow_zoo.data.paths.default_data_dir`) read from the environment now."""
+        return resolve_data_dir(self.hparams.data_dir)
+
+    @property
+    def context_features(self) -> int:
+        """The width :math:`C` of the context the batches carry (``(x, c)``), 0 for none: a model
+        must be built with ``context_features`` equal to it (FlowModule checks at the start of fit)."""
+        return self.kind.context_features
+
+    @property
     def data_name(self) -> str:
         """Where the points come from: the source name or the file path."""
-        return str(self.file) if self.hparams.dataset == _FILE else self.hparams.dataset
+        return self.kind.name
+
+    @property
+    def source(self) -> Source | None:
+        """The synthetic distribution the points are drawn from (synthetic data sets only, else None).
+
+        Assigning another :class:`~unflow_zoo.data.synthetic.Source` (of the same ``dim``) before
+        :meth:`setup` serves its points under the data set's name.
+        """
+        return self.kind.source if isinstance(self.kind, SyntheticData) else None
+
+    @source.setter
+    def source(self, value: Source) -> None:
+        if not isinstance(self.kind, SyntheticData):
+            raise ConfigError(f"{self.data_name} is not drawn from a synthetic source; there is none to replace")
+        self.kind.source = value
+
+    @property
+    def conditional(self) -> ConditionalSource | None:
+        """The conditional source the pairs ``(x, c)`` are drawn from (conditional sources only, else None)."""
+        return self.kind.source if isinstance(self.kind, ConditionalData) else None
+
+    @property
+    def file(self) -> Path | None:
+        """The file the points are read from (shipped files and ``dataset="file"``, else None)."""
+        return getattr(self.kind, "file", None)
+
+    @property
+    def preprocess(self) -> PixelPreprocess | None:
+        """Images only: the map :math:`g` from dequantised pixels to served data, else None."""
+        return self.kind.preprocess
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the data were given from Python (:meth:`from_arrays`, :meth:`from_hf`): then they
+        exist only in this object, and ``hparams`` (a checkpoint, a pretrained record) cannot rebuild them."""
+        return self.kind.in_memory
 
     @property
     def is_setup(self) -> bool:
@@ -423,7 +560,7 @@ class DensityDataModule(L.LightningDataModule):
 
     @property
     def is_uci(self) -> bool:
-        return self.hparams.dataset in _uci_datasets()
+        return isinstance(self.kind, UCIData)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -434,15 +571,17 @@ class DensityDataModule(L.LightningDataModule):
     def _np_dtype(self) -> np.dtype:
         return np.dtype(np.float64 if self.dtype == torch.float64 else np.float32)
 
-    def _load_raw(self, rng: np.random.Generator) -> np.ndarray:
-        """The raw points in float64, checked finite in the served dtype."""
-        np_dtype = self._np_dtype
-        if self.source is not None:
-            raw = validate_points(self.source.sample(self.hparams.n_samples, rng), where=self.data_name, dtype=np_dtype)
-        else:
-            assert self.file is not None
-            raw = read_points(self.file, dtype=np_dtype)  # validates, naming lines and columns
-        return np.asarray(raw, dtype=np.float64)
+    def _request(self) -> LoadRequest:
+        hp = self.hparams
+        return LoadRequest(
+            seed=hp.seed,
+            n_samples=hp.n_samples,
+            val_fraction=hp.val_fraction,
+            test_fraction=hp.test_fraction,
+            dtype=self._np_dtype,
+            data_dir=self.data_dir,
+            download=hp.download,
+        )
 
     def _check_served(self, splits: dict[str, Tensor]) -> None:
         """Refuse served data that are not finite, and warn about values a flow cannot use.
@@ -489,38 +628,28 @@ class DensityDataModule(L.LightningDataModule):
         every rank at once; :meth:`setup` then reads what is on disk. Nothing to do for the
         other sources. Called outside a Trainer, :meth:`setup` still downloads what is missing.
         """
-        hp = self.hparams
-        if not hp.download:
-            return
-        if self.is_uci:
-            from unflow_zoo.data.uci import load_uci  # lazily: see _uci_datasets
-
-            load_uci(hp.dataset, hp.data_dir, download=True)
-        elif hp.dataset == "mnist":
-            load_mnist(hp.data_dir, download=True)
+        if self.hparams.download:
+            self.kind.prepare(self.data_dir, download=True)
 
     def setup(self, stage: str | None = None) -> None:
         """Draw or read the data, validate, shuffle, split and (optionally) scale; runs once."""
         if self.is_setup:
             return
+        splits = self.kind.load(self._request())
         if self.is_image:
-            self._setup_images()
-            return
-        if self.is_uci:
-            self._setup_uci()
-            return
-        hp = self.hparams
-        # Separate streams, so that changing the fractions reshuffles but never redraws the data.
-        data_seq, split_seq = np.random.SeedSequence(hp.seed).spawn(2)
-        raw = self._load_raw(np.random.default_rng(data_seq))
-        if raw.shape[1:] != self.event_shape:
-            raise DataError(
-                f"{self.data_name}: points have shape {raw.shape[1:]}, but event_shape was {self.event_shape} "
-                "when the module was built; did the file change?"
+            self._setup_images(splits)
+        elif not self.kind.scalable:  # the published UCI splits, served as they come
+            self.train_data, self.val_data, self.test_data = (torch.from_numpy(split.x) for split in splits)
+        else:
+            self._setup_tabular(splits)
+
+    def _setup_tabular(self, splits: Splits) -> None:
+        train, val, test = (split.x for split in splits)
+        if splits.train.context is not None:
+            self.train_context, self.val_context, self.test_context = (
+                torch.from_numpy(split.context).to(self.dtype)  # type: ignore[arg-type]
+                for split in splits
             )
-        n_train, n_val, _ = split_sizes(raw.shape[0], hp.val_fraction, hp.test_fraction)
-        raw = raw[np.random.default_rng(split_seq).permutation(raw.shape[0])]
-        train, val, test = raw[:n_train], raw[n_train : n_train + n_val], raw[n_train + n_val :]
         if self.scaling == "standardize":
             # In float64, pre-scaled by each column's largest |x|: the variance cannot overflow.
             mean, std = standardize_stats(train)
@@ -537,46 +666,15 @@ class DensityDataModule(L.LightningDataModule):
         self._check_served(served)
         self.train_data, self.val_data, self.test_data = served.values()
 
-    def _setup_uci(self) -> None:
-        from unflow_zoo.data.uci import load_uci  # lazily: see _uci_datasets
-
-        hp = self.hparams
-        splits = load_uci(hp.dataset, hp.data_dir, download=hp.download)
-        served = []
-        np_dtype = self._np_dtype
-        for name, part in zip(("train", "validation", "test"), splits, strict=True):
-            part = validate_points(part, where=f"{hp.dataset} ({name} split)", dtype=np_dtype)
-            if part.shape[1:] != self.event_shape:
-                raise DataError(
-                    f"{hp.dataset}: the {name} split has {part.shape[1]} columns, expected {self.event_shape[0]} "
-                    "(UCI_DATASETS); is the local copy from another version of the archive?"
-                )
-            served.append(torch.from_numpy(np.ascontiguousarray(part, dtype=np_dtype)))
-        self.train_data, self.val_data, self.test_data = served
-
-    def _setup_images(self) -> None:
-        hp = self.hparams
-        split_seq = np.random.SeedSequence(hp.seed).spawn(2)[1]
-        if hp.dataset == "digits":
-            pixels = load_digits()
-            n_train, n_val, _ = split_sizes(pixels.shape[0], hp.val_fraction, hp.test_fraction)
-            pixels = pixels[np.random.default_rng(split_seq).permutation(pixels.shape[0])]
-            train, val, test = pixels[:n_train], pixels[n_train : n_train + n_val], pixels[n_train + n_val :]
-        else:
-            mnist = load_mnist(hp.data_dir, download=hp.download)
-            train, test = mnist["train"], mnist["test"]
-            # MAF's convention: the last sixth (10 000 of 60 000) of the official training set validates.
-            n_val = max(train.shape[0] // 6, 1) if hp.val_fraction > 0 else 0
-            if train.shape[0] - n_val < 1:
-                raise DataError(f"MNIST: {train.shape[0]} training images leave none to train on after validation")
-            train, val = train[: train.shape[0] - n_val], train[train.shape[0] - n_val :]
-        expected = IMAGE_DATASETS[hp.dataset].shape
-        for part in (train, val, test):
-            if part.shape[1:] != expected:  # pragma: no cover - the loaders check this already
-                raise DataError(f"{hp.dataset}: images of shape {part.shape[1:]}, expected {expected}")
-        self.train_pixels, self.val_pixels, self.test_pixels = (torch.from_numpy(p) for p in (train, val, test))
+    def _setup_images(self, splits: Splits) -> None:
+        self.train_pixels, self.val_pixels, self.test_pixels = (torch.from_numpy(split.x) for split in splits)
+        if splits.train.context is not None:
+            self.train_context, self.val_context, self.test_context = (
+                torch.from_numpy(split.context)  # type: ignore[arg-type]
+                for split in splits
+            )
         # Fixed, seeded noise for the evaluation splits (and the stored copy of the training split).
-        streams = np.random.SeedSequence(hp.seed).spawn(6)
+        streams = np.random.SeedSequence(self.hparams.seed).spawn(6)
         self.val_data = self._serve_fixed(self.val_pixels, streams[3])
         self.test_data = self._serve_fixed(self.test_pixels, streams[4])
         self.train_data = self._serve_fixed(self.train_pixels, streams[5])
@@ -639,35 +737,44 @@ class DensityDataModule(L.LightningDataModule):
     @property
     def has_true_density(self) -> bool:
         """Whether :meth:`true_log_prob` returns values (the source's density is known)."""
-        return self._raw_log_prob is not None
+        return self.kind.has_density
 
-    def true_log_prob(self, x: Tensor) -> Tensor | None:
-        """True log-density of served points ``x`` of shape ``(B, *event_shape)``, shape ``(B,)``.
+    def true_log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor | None:
+        r"""True log-density of served points ``x`` of shape ``(B, *event_shape)``, shape ``(B,)``;
+        for a conditional source, :math:`\log p(x \mid c)` with ``context`` ``(B, C)``.
 
         Computed in float64 and returned in ``x``'s dtype and device; ``None`` when
         the density is unknown. Calls :meth:`setup` first if the scaling statistics
         are needed and not yet fitted.
         """
-        if self._raw_log_prob is None:
+        if not self.has_true_density:
             return None
         self._check_batch(x)
+        if self.context_features and context is None:
+            raise DataError(f"{self.data_name} is conditional: true_log_prob needs the context of x")
         if self.scaling != "none":
             self.setup()
         # MPS has no float64; the density is cheap enough to evaluate on the CPU there.
         device = torch.device("cpu") if x.device.type == "mps" else x.device
         mean, std = self.mean.to(device), self.std.to(device)
         raw = x.to(device, torch.float64) * std + mean
-        log_prob = self._raw_log_prob(raw) + torch.log(std).sum()
+        c = context.to(device, torch.float64) if self.context_features and context is not None else None
+        log_prob = self.kind.log_prob(raw, c) + torch.log(std).sum()
         return log_prob.to(x.device, x.dtype)
 
     # ----- loaders -----------------------------------------------------------------------------
     def _loader(
-        self, data: Tensor | None, batch_size: int, shuffle: bool, collate_fn: Callable | None = None
+        self,
+        data: Tensor | None,
+        batch_size: int,
+        shuffle: bool,
+        collate_fn: Callable | None = None,
+        context: Tensor | None = None,
     ) -> DataLoader:
         assert data is not None
         workers = self.hparams.num_workers
         return DataLoader(
-            TensorDataset(data),
+            TensorDataset(data) if context is None else TensorDataset(data, context),
             batch_size=batch_size,
             sampler=EpochSampler(len(data), self.hparams.seed) if shuffle else None,
             drop_last=False,
@@ -691,33 +798,40 @@ class DensityDataModule(L.LightningDataModule):
         return self.hparams.eval_batch_size or self.hparams.batch_size
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches ``(x,)``; the order is a function of ``seed``.
+        """Shuffled training batches ``(x,)`` (``(x, c)`` with a context); the order is a function of ``seed``.
 
         Images are dequantised as they are served, with fresh noise every epoch from a
         stream seeded by ``seed`` (see :class:`DequantizingCollate`).
         """
         self.setup()
         if self.preprocess is None:
-            return self._loader(self.train_data, self.hparams.batch_size, shuffle=True)
+            return self._loader(self.train_data, self.hparams.batch_size, shuffle=True, context=self.train_context)
         collate = DequantizingCollate(
             self.preprocess,
             flatten=self.hparams.flatten,
             dequantize=self.hparams.dequantize,
             generator=self._noise_generator(),
         )
-        return self._loader(self.train_pixels, self.hparams.batch_size, shuffle=True, collate_fn=collate)
+        return self._loader(
+            self.train_pixels, self.hparams.batch_size, shuffle=True, collate_fn=collate, context=self.train_context
+        )
 
     def val_dataloader(self) -> DataLoader | list:
-        """Validation batches ``(x,)``, or ``[]`` (Lightning then skips validation) when ``val_fraction=0``."""
+        """Validation batches ``(x,)`` (``(x, c)`` with a context), or ``[]`` (Lightning then skips
+        validation) when ``val_fraction=0``."""
         self.setup()
         assert self.val_data is not None
-        return self._loader(self.val_data, self._eval_batch_size, shuffle=False) if len(self.val_data) else []
+        if not len(self.val_data):
+            return []
+        return self._loader(self.val_data, self._eval_batch_size, shuffle=False, context=self.val_context)
 
     def test_dataloader(self) -> DataLoader | list:
-        """Test batches ``(x,)``, or ``[]`` when ``test_fraction=0``."""
+        """Test batches ``(x,)`` (``(x, c)`` with a context), or ``[]`` when ``test_fraction=0``."""
         self.setup()
         assert self.test_data is not None
-        return self._loader(self.test_data, self._eval_batch_size, shuffle=False) if len(self.test_data) else []
+        if not len(self.test_data):
+            return []
+        return self._loader(self.test_data, self._eval_batch_size, shuffle=False, context=self.test_context)
 
     def __repr__(self) -> str:
         hp = self.hparams

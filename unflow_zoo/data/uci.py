@@ -54,6 +54,7 @@ import numpy as np
 from unflow_zoo.data.download import ChecksumError, extract_tar, file_digest
 from unflow_zoo.data.download import download as download_file
 from unflow_zoo.data.files import DataFileNotFoundError
+from unflow_zoo.data.paths import DATA_DIR_HINT, resolve_data_dir
 from unflow_zoo.errors import ConfigError, DataError
 from unflow_zoo.extras import require
 
@@ -593,7 +594,7 @@ def _missing_message(name: str, data_dir: Path, archive: UCIArchive) -> str:
         f"archive ({archive.url}, {archive.size or 'large'}) by setting `data.download: true` in the config, "
         f"`--data.download true` on the command line, or load_uci({name!r}, {str(data_dir)!r}, download=True); "
         f"or download it yourself and extract it into {data_dir} (`tar xzf data.tar.gz -C {data_dir}` gives "
-        f"{roots[1] / UCI_FILES[name][0]})"
+        f"{roots[1] / UCI_FILES[name][0]}); {DATA_DIR_HINT}"
     )
 
 
@@ -693,7 +694,7 @@ def _write_cache(path: Path, splits: Splits, signature: str | None) -> None:
 
 def load_uci(
     name: str,
-    data_dir: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
     *,
     download: bool = False,
     archive: UCIArchive | None = None,
@@ -713,7 +714,8 @@ def load_uci(
 
     Args:
         name: ``power``, ``gas``, ``hepmass``, ``miniboone`` or ``bsds300`` (any case).
-        data_dir: the folder holding (or to receive) the data.
+        data_dir: the folder holding (or to receive) the data; None: the user's cache
+            (:func:`~unflow_zoo.data.paths.default_data_dir`).
         download: fetch the archive (:data:`UCI_ARCHIVE`) when the files are missing.
         archive: another archive location and checksum (a mirror, or a test's file:// URL).
         cache: read and write the preprocessed cache.
@@ -731,7 +733,7 @@ def load_uci(
         Papamakarios et al., NeurIPS 2017; github.com/gpapamak/maf ``datasets/*.py``.
     """
     name = _check_name(name)
-    data_dir = Path(data_dir).expanduser()
+    data_dir = resolve_data_dir(data_dir)
     cache_file = _cache_path(name, data_dir)
     files = _find_files(name, data_dir)
     if cache and (cached := _read_cache(cache_file, _signature(files))) is not None:

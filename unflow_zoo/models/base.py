@@ -8,15 +8,17 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
 from unflow_zoo.core.distributions import BaseDistribution, make_base
-from unflow_zoo.core.flow import Flow
+from unflow_zoo.core.flow import Flow, FlowDistribution
 from unflow_zoo.core.transform import Compose, Permutation, Transform
 from unflow_zoo.errors import ConfigError, DataError, DataTypeError, DivergenceError
 from unflow_zoo.metrics import bits_per_dim, fit_gaussian
 from unflow_zoo.models import validate as v
+from unflow_zoo.models.pretrained_io import pretrained_io
+from unflow_zoo.nn.mlp import MLP
 
 __all__ = ["FlowModule", "stack_with_permutations"]
 
@@ -131,6 +133,14 @@ class FlowModule(L.LightningModule):
             in (0, 1), as a factor of 1 would never reduce); the learning rate is multiplied
             by it, so a value outside that range would grow it or flip its sign.
         scheduler_patience: epochs without improvement for ``plateau``, an int >= 0.
+        context_features: width :math:`C` of the context :math:`c` of a conditional flow
+            :math:`p(x \mid c)`; 0 (the default) for an unconditional one. Batches are then
+            ``(x, c)`` (:class:`~unflow_zoo.data.DensityDataModule` serves them for sources
+            with a context) and ``log_prob``/``sample`` take ``context=``.
+        context_embedding: hidden widths of an MLP that embeds the context before every
+            conditioner sees it, the last being the embedding's width (e.g. ``[64, 16]``);
+            None feeds the raw context. Override :meth:`make_context_embedding` for another
+            network (a CNN for image contexts).
 
     Raises:
         ConfigError: an argument outside the range above, or an unknown optimizer or scheduler.
@@ -150,6 +160,8 @@ class FlowModule(L.LightningModule):
         scheduler_step_size: int = 10,
         scheduler_gamma: float = 0.5,
         scheduler_patience: int = 5,
+        context_features: int = 0,
+        context_embedding: list[int] | None = None,
     ) -> None:
         super().__init__()
         owner = self.registry_name if self.registry_name != "custom" else type(self).__name__
@@ -171,10 +183,22 @@ class FlowModule(L.LightningModule):
         v.in_range("scheduler_gamma", scheduler_gamma, 0, 1, low_open=True, high_open=plateau, owner=owner, fix=fix)
         v.positive_int("scheduler_step_size", scheduler_step_size, owner=owner)
         v.non_negative_int("scheduler_patience", scheduler_patience, owner=owner)
+        v.non_negative_int("context_features", context_features, owner=owner)
+        if context_embedding is not None:
+            if not context_features:
+                raise ConfigError(f"{owner}: context_embedding needs context_features > 0 (an unconditional flow)")
+            v.positive_ints(
+                "context_embedding",
+                context_embedding,
+                owner=owner,
+                allow_empty=False,
+                fix="pass the embedding MLP's widths, the last its output, e.g. context_embedding=[64, 16]",
+            )
         self.save_hyperparameters()
         self.hparams["event_shape"] = shape
         self.event_shape: tuple[int, ...] = shape
         self.flow: Flow = self.build_flow()
+        self.flow.set_context(context_features, self.make_context_embedding())
         for stage in ("val", "test"):
             # nan_strategy="disable": a NaN row propagates (the default, "warn", would drop it) and
             # no per-batch isnan check forces a device sync; non-finite rows enter as +inf (_eval_step).
@@ -195,6 +219,23 @@ class FlowModule(L.LightningModule):
     # ----- the hook a family writes -------------------------------------------------
     def build_flow(self) -> Flow:
         raise NotImplementedError(f"{type(self).__name__} must implement build_flow() -> Flow")
+
+    @property
+    def flow_context_features(self) -> int:
+        """The context width the transforms' conditioners see: the embedding's output width, or
+        ``context_features`` without an embedding (0: unconditional). Families build their
+        conditioners with it."""
+        widths = self.hparams.get("context_embedding")
+        return int(widths[-1]) if widths else int(self.hparams.get("context_features", 0))
+
+    def make_context_embedding(self) -> nn.Module | None:
+        """The network applied to the context before the conditioners (see ``context_embedding``);
+        None for none. Override it to embed the context with any module whose output width is
+        :attr:`flow_context_features`."""
+        widths = self.hparams.get("context_embedding")
+        if not widths:
+            return None
+        return MLP(int(self.hparams.context_features), int(widths[-1]), list(widths[:-1]), "relu")
 
     def make_base(self) -> BaseDistribution:
         """The base distribution named by ``hparams.base`` over ``event_shape``."""
@@ -219,25 +260,57 @@ class FlowModule(L.LightningModule):
         return math.prod(self.event_shape)
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        r""":math:`\log q(x)`, shape ``(B,)``, in float32 or wider (see the class docstring)."""
+        r""":math:`\log q(x \mid c)`, shape ``(B,)``, in float32 or wider (see the class docstring);
+        ``context`` ``(B, C)`` or one ``(C,)`` row for all points (conditional flows only)."""
         return _at_least_float32(self.flow.log_prob(x, context))
 
-    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
-        return self.flow.sample(n, context)
+    def sample(self, n: int, context: Tensor | None = None, *, temperature: float = 1.0) -> Tensor:
+        """``n`` draws, ``(n, *event_shape)``; ``(n, B, *event_shape)`` for a ``(B, C)`` context
+        (see :meth:`unflow_zoo.core.flow.Flow.sample`, also for ``temperature``)."""
+        return self.flow.sample(n, context, temperature=temperature)
+
+    def sample_and_log_prob(
+        self, n: int, context: Tensor | None = None, *, temperature: float = 1.0
+    ) -> tuple[Tensor, Tensor]:
+        """Draws and their log-densities from one inverse pass (see :meth:`sample`)."""
+        x, lp = self.flow.sample_and_log_prob(n, context, temperature=temperature)
+        return x, _at_least_float32(lp)
+
+    def distribution(self, context: Tensor | None = None) -> FlowDistribution:
+        """The flow given ``context`` as a ``torch.distributions.Distribution``
+        (:class:`~unflow_zoo.core.flow.FlowDistribution`): ``model.distribution(c).sample((n,))``,
+        ``.log_prob(x)``, ``.rsample(...)``, for code written against torch distributions (sbi, Pyro)."""
+        return self.flow(context)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         return self.log_prob(x, context)
 
     # ----- training -------------------------------------------------------------------
+    def _batch(self, batch: Any) -> tuple[Tensor, Tensor | None]:
+        """``(x, context)`` of a batch: ``x``, ``(x,)`` or ``(x, c)``; the context only for a
+        conditional model, and a clear error when the batch and the model disagree about it."""
+        items = list(batch) if isinstance(batch, (tuple, list)) else [batch]
+        x, context = items[0], (items[1] if len(items) > 1 else None)
+        self._check_batch_x(x)
+        wanted = int(self.hparams.get("context_features", 0))
+        if wanted and context is None:
+            raise DataError(
+                f"{type(self).__name__} was built with context_features={wanted} but the batch has no context; "
+                "serve (x, c) batches (DensityDataModule does for a source with a context) or build the model "
+                "with context_features=0"
+            )
+        return x, (context if wanted else None)
+
     def _batch_x(self, batch: Any) -> Tensor:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self._batch(batch)[0]
+
+    def _check_batch_x(self, x: Tensor) -> None:
         if tuple(x.shape[1:]) != self.event_shape:
             raise DataError(
                 f"expected a batch of shape (B, {', '.join(map(str, self.event_shape))}) for "
                 f"{type(self).__name__} with event_shape={self.event_shape}, got {tuple(x.shape)}; "
                 "set model.event_shape to the data's shape (the CLI links it from the data module)"
             )
-        return x
 
     def on_fit_start(self) -> None:
         # a new fit: no step pending (a training_step called by hand leaves one) and none finite yet
@@ -250,10 +323,19 @@ class FlowModule(L.LightningModule):
                 f"the data module serves events of shape {tuple(shape)} but the model was built for "
                 f"{self.event_shape}; set model.event_shape (or let the CLI link it)"
             )
+        served = getattr(dm, "context_features", None)
+        wanted = int(self.hparams.get("context_features", 0))
+        if served is not None and int(served) != wanted:
+            name = getattr(getattr(dm, "hparams", None), "dataset", type(dm).__name__)
+            raise ConfigError(
+                f"the data set {name!r} serves a context of width {served} but {type(self).__name__} was built "
+                f"with context_features={wanted}; set model.context_features={served}"
+                + (" (or pick a data set without a context)" if served else " (or a data set with a context)")
+            )
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x = self._batch_x(batch)
-        nll = -self.log_prob(x).mean()
+        x, context = self._batch(batch)
+        nll = -self.log_prob(x, context).mean()
         loss = nll + self.regularization()
         self._note_loss(loss, batch_idx)
         self.log("train_nll", nll, prog_bar=True, batch_size=x.shape[0])
@@ -337,8 +419,8 @@ class FlowModule(L.LightningModule):
         return head + last + "Likely fix: " + fix
 
     def _eval_step(self, stage: str, batch: Any) -> None:
-        x = self._batch_x(batch)
-        logp = self.log_prob(x)
+        x, context = self._batch(batch)
+        logp = self.log_prob(x, context)
         finite = torch.isfinite(logp)
         # A row with a non-finite log-density (NaN, or -inf outside the support) enters every mean
         # as +inf: the NLL is then +inf, never a mean over the finite rows alone; the count says how many.
@@ -353,7 +435,7 @@ class FlowModule(L.LightningModule):
         self.log(f"{stage}_bpd", getattr(self, f"{stage}_bpd"))
         true_log_prob = getattr(dm, "true_log_prob", None)
         if true_log_prob is not None:
-            truth = true_log_prob(x)
+            truth = true_log_prob(x) if context is None else true_log_prob(x, context)
             if truth is not None:
                 # mean of log p(x) - log q(x) over data from p: an unbiased estimate of KL(p || q),
                 # i.e. the model's NLL minus the true entropy on the same points.
@@ -420,18 +502,37 @@ class FlowModule(L.LightningModule):
     # ----- pretrained ----------------------------------------------------------------
     def save_pretrained(self, path: str, **kwargs: Any) -> Any:
         """Write this flow as a pretrained folder (or ``.zip``); see :mod:`unflow_zoo.pretrained`."""
-        from unflow_zoo.pretrained import save_pretrained
+        return pretrained_io().save_pretrained(self, path, **kwargs)
 
-        return save_pretrained(self, path, **kwargs)
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        revision: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Upload this flow to its own Hugging Face Hub repo; see :func:`unflow_zoo.pretrained.push_to_hub`.
+
+        Args:
+            repo_id: the repo, ``owner/name``; created if missing.
+            revision: the branch to commit to (default ``main``).
+            private: make a new repo private.
+            token: a Hub token with write access (default ``HF_TOKEN`` or ``hf auth login``'s).
+            **kwargs: ``commit_message`` and :meth:`save_pretrained`'s arguments (``datamodule``, ``metrics``...).
+
+        Returns:
+            huggingface_hub's ``CommitInfo`` of the upload.
+        """
+        return pretrained_io().push_to_hub(self, repo_id, revision=revision, private=private, token=token, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> FlowModule:
-        """Load a pretrained flow by registry name, path, URL or ``hf://`` repo; see
-        :func:`unflow_zoo.pretrained.load_pretrained`. On a subclass, the loaded flow must be
-        an instance of it."""
-        from unflow_zoo.pretrained import load_pretrained
-
-        model = load_pretrained(name_or_path, **kwargs)
+    def from_pretrained(cls, name_or_path: str, *, revision: str | None = None, **kwargs: Any) -> FlowModule:
+        """Load a pretrained flow by registry name, path, URL, Hub repo id ``owner/name`` or ``hf://`` repo;
+        ``revision`` picks a Hub repo's branch, tag or commit. See :func:`unflow_zoo.pretrained.load_pretrained`.
+        On a subclass, the loaded flow must be an instance of it."""
+        model = pretrained_io().load_pretrained(name_or_path, revision=revision, **kwargs)
         if not isinstance(model, cls):
             raise DataTypeError(f"{name_or_path!r} holds a {type(model).__name__}, not a {cls.__name__}")
         return model

@@ -45,6 +45,11 @@ class ConstrainedFlow(FlowModule):
     model (whose ``sample`` raises ``InputOutsideDomain`` for base draws outside
     the image).
 
+    Conditional (``context_features > 0``, not in the paper): the context shifts the biases
+    of each block's first hidden layer, :math:`b(c) = b + V c` with :math:`V` zero at
+    initialisation; the map stays increasing in every :math:`x_i` for every :math:`c` (see
+    :class:`~unflow_zoo.transforms.monotone.ConstrainedMonotone`).
+
     Defaults follow the official code (``CNF/main.py``): width ``m = 100``,
     ``std_a = 0.005``, projected SGD with ``eps = 1e-6`` ("clamp-zero"),
     ``standard-normal`` initialisation. Its optimiser (SGD, lr 5e-4, batch 32,
@@ -109,6 +114,7 @@ class ConstrainedFlow(FlowModule):
         n_layers = v.positive_int("n_layers", hp.n_layers, owner=name)
         with v.config_errors(name):
             d = self.vector_features()
+            ctx = self.flow_context_features
             transform = stack_with_permutations(
                 lambda k: ConstrainedMonotone(
                     d,
@@ -120,6 +126,7 @@ class ConstrainedFlow(FlowModule):
                     eps=eps,
                     linear_term=linear_term,
                     train_layers=tuple(hp.train_layers),  # names checked by the transform
+                    context_features=ctx,
                 ),
                 n_layers,
                 d,

@@ -33,6 +33,11 @@ class FFJORD(FlowModule):
     solve. Sampling solves the ODEs backwards, an inverse exact to the solver
     tolerance only.
 
+    A conditional flow (``context_features > 0``) solves :math:`dz/dt = f_k(z, t, c)`: the
+    context is concatenated to the input of every concatsquash layer (as constant feature
+    maps for images) and held fixed along each solve; the trace is still that of
+    :math:`\partial f_k / \partial z`.
+
     Training minimises the NLL plus the RNODE penalties, averaged over the batch,
 
     .. math:: \lambda_K \sum_k \int_0^{T_k} \|f_k\|^2 dt
@@ -53,10 +58,13 @@ class FFJORD(FlowModule):
         act: ``softplus``, ``tanh``, ``elu`` or ``silu``.
         end_time: initial :math:`T` of each block (0.5 in the official code).
         train_end_time: learn :math:`T`.
-        solver, atol, rtol: adaptive torchdiffeq solver and tolerances (paper: dopri5,
-            1e-5/1e-5 on the toys, 1e-8/1e-6 on tabular data).
-        train_solver, train_step_size: training solver (default ``solver``), e.g. ``rk4`` with
-            ``train_step_size=0.25`` (4 steps per block, in rescaled time :math:`t/T`).
+        solver: adaptive torchdiffeq solver (paper: dopri5).
+        atol: absolute tolerance of ``solver`` (paper: 1e-5 on the toys, 1e-8 on tabular data).
+        rtol: relative tolerance of ``solver`` (paper: 1e-5 on the toys, 1e-6 on tabular data).
+        train_solver: training solver (default ``solver``), e.g. ``rk4`` with
+            ``train_step_size=0.25``.
+        train_step_size: step of a fixed-step ``train_solver`` (0.25: 4 steps per block, in
+            rescaled time :math:`t/T`).
         adjoint: adjoint backpropagation (constant memory, one more solve per step).
         trace: ``auto``, ``exact`` or ``hutchinson`` (see :class:`~unflow_zoo.transforms.ode.ODETransform`).
         exact_trace_max_dim: largest :math:`D` for the exact trace.
@@ -128,7 +136,7 @@ class FFJORD(FlowModule):
         with v.config_errors(name):
             blocks = [
                 ODETransform(
-                    ODENet(self.event_shape, hidden, act),
+                    ODENet(self.event_shape, hidden, act, context_features=self.flow_context_features),
                     features=self.dim,
                     end_time=end_time,
                     train_end_time=hp.train_end_time,

@@ -37,6 +37,11 @@ class Glow(FlowModule):
       (MLP conditioner of widths ``hidden``, soft-clamped log-scale); no squeeze
       or split.
 
+    Conditional (``context_features > 0``): the coupling networks see the context, concatenated
+    to the MLP's input (vectors) or as constant feature maps concatenated to the convolutional
+    network's input channels (images); actnorm, the 1x1 convolutions and the split priors do
+    not depend on it.
+
     Actnorm initialises itself from the first training batch (zero mean, unit
     variance per channel); couplings and split priors start as the identity
     (up to the sigmoid's fixed contraction, see
@@ -81,6 +86,7 @@ class Glow(FlowModule):
         hp = self.hparams
         name = "glow"
         scale_clamp = v.optional_positive_float("scale_clamp", hp.scale_clamp, owner=name)
+        ctx = self.flow_context_features
         with v.config_errors(name):
             if len(self.event_shape) == 3:
                 levels = v.positive_int("levels", hp.levels, owner=name)
@@ -95,6 +101,7 @@ class Glow(FlowModule):
                     split_prior=hp.split_prior,
                     coupling_scale=coupling_scale,
                     scale_clamp=scale_clamp,
+                    context_features=ctx,
                 )
             elif len(self.event_shape) == 1:
                 d = self.event_shape[0]
@@ -111,7 +118,9 @@ class Glow(FlowModule):
                     steps += [
                         ActNorm(d),
                         InvertibleConv1x1(d),  # on (B, D) batches exactly an LULinear, rotation start
-                        AffineCoupling(alternating_mask(d, k % 2), hidden, hp.act, scale_clamp=scale_clamp),
+                        AffineCoupling(
+                            alternating_mask(d, k % 2), hidden, hp.act, context_features=ctx, scale_clamp=scale_clamp
+                        ),
                     ]
                 transform = Compose(steps)
             else:

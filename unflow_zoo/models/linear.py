@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from unflow_zoo.core.flow import Flow
+from unflow_zoo.core.transform import Compose
 from unflow_zoo.models import validate as v
 from unflow_zoo.models.base import FlowModule, stack_with_permutations
 from unflow_zoo.models.registry import register_model
+from unflow_zoo.transforms.affine import ConditionalAffine
 from unflow_zoo.transforms.linear import LULinear
 
 __all__ = ["LinearFlow"]
@@ -32,9 +34,19 @@ class LinearFlow(FlowModule):
     optimisation path. Use it as the baseline any non-linear flow must beat: the
     gap of a flow's NLL to NLL* is what its non-linearity buys (Liao & He 2021).
 
+    Conditional (``context_features > 0``): a
+    :class:`~unflow_zoo.transforms.affine.ConditionalAffine` layer follows the LU stack,
+    :math:`z = e^{s(c)} \odot (W x + b) + t(c)` with :math:`(s, t)` an MLP of the context
+    (widths ``context_hidden``, last layer zero at initialisation), so that
+    :math:`x \mid c` is a Gaussian whose mean and scales depend on :math:`c`: the
+    conditional baseline (``context_hidden=[]``: log-scale and shift affine in :math:`c`,
+    heteroscedastic linear-Gaussian regression).
+
     Args:
         event_shape: ``(D,)``.
         n_layers: number of LU-linear layers.
+        context_hidden: hidden widths of the context MLP of a conditional flow (ignored
+            without a context).
         **kwargs: :class:`~unflow_zoo.models.base.FlowModule` options.
 
     References:
@@ -43,12 +55,23 @@ class LinearFlow(FlowModule):
         Convolutions", NeurIPS 2018 (the LU parametrisation).
     """
 
-    def __init__(self, event_shape: tuple[int, ...] = (2,), n_layers: int = 1, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        event_shape: tuple[int, ...] = (2,),
+        n_layers: int = 1,
+        context_hidden: list[int] = [64],  # noqa: B006  (jsonargparse needs a literal default)
+        **kwargs: Any,
+    ) -> None:
         super().__init__(event_shape=event_shape, **kwargs)
 
     def build_flow(self) -> Flow:
         n_layers = v.positive_int("n_layers", self.hparams.n_layers, owner="linear")
+        ctx = self.flow_context_features
         with v.config_errors("linear"):
             d = self.vector_features()
             transform = stack_with_permutations(lambda k: LULinear(d), n_layers, d)
+            if ctx:
+                # .get: checkpoints saved before the option existed have no such hyper-parameter
+                hidden = v.positive_ints("context_hidden", self.hparams.get("context_hidden", [64]), owner="linear")
+                transform = Compose([*transform.transforms, ConditionalAffine(d, ctx, hidden)])
             return Flow(transform, self.make_base())

@@ -21,7 +21,9 @@ class MaskedAutoregressiveFlow(FlowModule):
 
     .. math:: z_i = (x_i - \mu_i(x_{<i}))\, e^{-\alpha_i(x_{<i})}.
 
-    Density evaluation is one pass per layer; sampling needs ``D`` passes per layer.
+    Density evaluation is one pass per layer; sampling needs ``D`` passes per layer. A
+    conditional flow (``context_features > 0``) feeds the context to every hidden layer of
+    every MADE: :math:`\mu_i(x_{<i}, c)`, :math:`\alpha_i(x_{<i}, c)`.
 
     Args:
         event_shape: ``(D,)``.
@@ -57,8 +59,11 @@ class MaskedAutoregressiveFlow(FlowModule):
             # The autoregressive order alternates inside the MADEs instead of permuting the data between
             # layers: the same family of densities, without an index-select (and its backward) per layer.
             reverse = list(range(d - 1, -1, -1))
+            ctx = self.flow_context_features
             layers = [
-                MaskedAffineAutoregressive(d, hidden, hp.act, scale_clamp=scale_clamp, order=reverse if k % 2 else None)
+                MaskedAffineAutoregressive(
+                    d, hidden, hp.act, context_features=ctx, scale_clamp=scale_clamp, order=reverse if k % 2 else None
+                )
                 for k in range(n_layers)
             ]
             return Flow(Compose(layers), self.make_base())

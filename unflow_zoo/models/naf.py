@@ -39,6 +39,9 @@ class NeuralAutoregressiveFlow(FlowModule):
     :math:`\mathbb{R}` onto :math:`(-L, L)`, :math:`L \approx 14.5`, which
     holds all but :math:`10^{-46}` of a standard normal base.
 
+    A conditional flow (``context_features > 0``) feeds the context to every hidden layer
+    of the MADEs, so the pseudo-parameters are :math:`\theta_i(x_{<i}, c)`.
+
     Args:
         event_shape: ``(D,)``.
         n_layers: number of DSF layers.
@@ -79,8 +82,9 @@ class NeuralAutoregressiveFlow(FlowModule):
         v.mlp_activation("act", hp.act, owner=name)
         with v.config_errors(name):
             d = self.vector_features()
+            ctx = self.flow_context_features
 
             def make(k: int) -> DSFAutoregressive:
-                return DSFAutoregressive(d, hidden, units, depth, hp.act)
+                return DSFAutoregressive(d, hidden, units, depth, hp.act, context_features=ctx)
 
             return Flow(stack_with_permutations(make, n_layers, d), self.make_base())

@@ -36,7 +36,9 @@ class NeuralSplineFlow(FlowModule):
     The autoregressive variant evaluates densities in one pass per layer and
     samples in ``D`` passes per layer; the coupling variant does both in one
     pass but needs ``D >= 2``. Every layer starts as the identity. Both
-    directions are exact up to floating point.
+    directions are exact up to floating point. A conditional flow (``context_features > 0``)
+    feeds the context to every conditioner: :math:`\theta_i(x_{<i}, c)` (every MADE hidden
+    layer) or :math:`\theta_i(x_A, c)` (concatenated to the MLP's input).
 
     Args:
         event_shape: ``(D,)``.
@@ -83,6 +85,7 @@ class NeuralSplineFlow(FlowModule):
         v.mlp_activation("act", hp.act, owner=name)
         with v.config_errors(name):
             d = self.vector_features()
+            ctx = self.flow_context_features
             if variant == "coupling":
                 if d < 2:
                     raise ConfigError(
@@ -94,11 +97,11 @@ class NeuralSplineFlow(FlowModule):
                     # For even D the reversal between layers already swaps the even and odd halves
                     # (alternating the mask as well would undo it); for odd D it does not.
                     parity = k % 2 if d % 2 else 0
-                    return RQSCoupling(alternating_mask(d, parity), hidden, bins, tail_bound, hp.act)
+                    return RQSCoupling(alternating_mask(d, parity), hidden, bins, tail_bound, hp.act, ctx)
 
             else:
 
                 def make(k: int) -> RQSAutoregressive:  # type: ignore[misc]
-                    return RQSAutoregressive(d, hidden, bins, tail_bound, hp.act)
+                    return RQSAutoregressive(d, hidden, bins, tail_bound, hp.act, ctx)
 
             return Flow(stack_with_permutations(make, n_layers, d), self.make_base())

@@ -23,6 +23,9 @@ class RealNVP(FlowModule):
 
     .. math:: y_B = x_B \odot e^{s(x_A)} + t(x_A).
 
+    A conditional flow (``context_features > 0``) concatenates the context to each coupling
+    MLP's input (and the gate's): :math:`s(x_A, c)`, :math:`t(x_A, c)`.
+
     Args:
         event_shape: ``(D,)`` with ``D >= 2``.
         n_layers: number of coupling layers.
@@ -67,7 +70,9 @@ class RealNVP(FlowModule):
                 )
             # .get: checkpoints saved before the gate option existed have no such hyper-parameter
             coupling = GatedAffineCoupling if hp.get("gate", False) else AffineCoupling
+            ctx = self.flow_context_features
             layers = [
-                coupling(alternating_mask(d, k % 2), hidden, hp.act, scale_clamp=scale_clamp) for k in range(n_layers)
+                coupling(alternating_mask(d, k % 2), hidden, hp.act, context_features=ctx, scale_clamp=scale_clamp)
+                for k in range(n_layers)
             ]
             return Flow(Compose(layers), self.make_base())

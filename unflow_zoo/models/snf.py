@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from torch import Tensor
@@ -57,6 +58,11 @@ class SelfNormalizingFlow(FlowModule):
     grew from 4 to 10 and the validation NLL worsened after epoch 20, where the exact gradient
     kept improving; at lr 3e-4, or with :math:`\lambda = 10`, SNF tracked the exact gradient). The paper trains its FC flows at
     lr 1e-4; :meth:`~unflow_zoo.transforms.selfnorm.SelfNormLinear.inverse_defect` monitors it.
+
+    Conditional (``context_features > 0``): every self-normalizing layer gets a
+    context-dependent bias, :math:`z = W h + b + V_k c` (:math:`V_k` zero at initialisation);
+    a shift leaves :math:`W`, its learned inverse and the log-determinant alone, so training and
+    evaluation are those above, with :math:`p(x \mid c)` shifting every layer's pre-activation.
 
     Args:
         event_shape: ``(D,)`` or ``(C, H, W)``.
@@ -114,7 +120,12 @@ class SelfNormalizingFlow(FlowModule):
         recon_weight = v.non_negative_float("recon_weight", hp.recon_weight, owner=name, fix="pass e.g. recon_weight=1")
         train_logdet = v.one_of("train_logdet", hp.train_logdet, ("exact", "skip"), owner=name)
         exact = True if hp.exact_gradient else None
-        layer_kwargs = {"recon_weight": recon_weight, "exact": exact, "train_logdet": train_logdet}
+        layer_kwargs = {
+            "recon_weight": recon_weight,
+            "exact": exact,
+            "train_logdet": train_logdet,
+            "context_features": self.flow_context_features,
+        }
         layers: list[Transform] = []
         with v.config_errors(name):
             if len(self.event_shape) == 1:
@@ -171,14 +182,24 @@ class SelfNormalizingFlow(FlowModule):
 
     def sample(self, n: int, context: Tensor | None = None, approximate: bool = False) -> Tensor:
         """``n`` samples: exact inverses by default, the learned inverses :math:`R_k` with
-        ``approximate=True`` (no linear solves: the paper's fast sampling)."""
+        ``approximate=True`` (no linear solves: the paper's fast sampling). Shapes as
+        :meth:`~unflow_zoo.models.base.FlowModule.sample`: ``(n, B, *event_shape)`` for a
+        ``(B, C)`` context."""
         if not approximate:
             return self.flow.sample(n, context)
         n = check_sample_count(n)
-        if n == 0:
-            return self.flow.sample(0)
-        z = self.flow.base.sample(n, context)
-        return _approximate_inverse(self.flow.transform, z, context)
+        flow = self.flow
+        context = flow._check_context(context, "sample")
+        lead = (n,) if context is None or context.ndim == 1 else (n, context.shape[0])
+        if math.prod(lead) == 0:
+            return flow.sample(n, context)
+        if context is not None:
+            # as Flow.sample: embed each context row once, then repeat it for its n draws
+            embedded = flow._embed(context.unsqueeze(0) if context.ndim == 1 else context)
+            assert embedded is not None
+            context = embedded.expand(n, -1) if context.ndim == 1 else embedded.repeat(n, 1)
+        z = flow.base.sample(math.prod(lead), context)
+        return _approximate_inverse(flow.transform, z, context).reshape(*lead, *self.event_shape)
 
 
 def _approximate_inverse(t: Transform, y: Tensor, context: Tensor | None) -> Tensor:
@@ -187,5 +208,5 @@ def _approximate_inverse(t: Transform, y: Tensor, context: Tensor | None) -> Ten
             y = _approximate_inverse(sub, y, context)
         return y
     if isinstance(t, (SelfNormLinear, SelfNormConv)):
-        return t.approximate_inverse(y)
+        return t.approximate_inverse(y, context)
     return t.inverse(y, context)[0]

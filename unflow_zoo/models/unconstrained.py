@@ -77,6 +77,13 @@ class UnconstrainedFlow(FlowModule):
                           base="exponential", lower_limit=x.min(0).values.tolist(), min_slope=0.0,
                           quadrature="riemann", n_nodes=50, optimizer="sgd", lr=0.005)
 
+    Conditional (``context_features > 0``): in the UMNN-MAF layout the context enters the
+    MADE, :math:`(h_i, \beta_i)(x_{<i}, c)` (also in 1-D, where the unconditional flow's
+    conditioner is a learned constant), so it needs ``embedding >= 1`` or an offset (a
+    normal base); in the paper layout it shifts every coordinate network's hidden biases,
+    :math:`b_i(c) = b_i + V_i c`, :math:`V` zero at initialisation (see
+    :class:`~unflow_zoo.transforms.paper_integral.PaperUnconstrainedTransform`).
+
     The defaults are UMNN's (MLP integrand ``[64, 64]`` with leaky ReLU, embedding 16,
     MADE ``[64, 64]``, 3 layers, Clenshaw-Curtis quadrature with 32 nodes); they train
     well on the 2-D toys, and the learned densities integrate to 1 within 1e-4 there.
@@ -182,6 +189,7 @@ class UnconstrainedFlow(FlowModule):
             lower = v.in_range("lower_limit", lower, owner=name, fix="pass the data minimum, or lower_limit=None")
         with v.config_errors(name):
             d = self.vector_features()
+            ctx = self.flow_context_features
             if layout == "paper":
                 if integrand != "paper":
                     raise ConfigError(
@@ -203,6 +211,7 @@ class UnconstrainedFlow(FlowModule):
                         min_slope=min_slope,
                         # no offset in any layer; later ones integrate from 0, as in the UMNN-MAF layout
                         lower_limit=first if k == 0 else 0.0,
+                        context_features=ctx,
                     )
 
                 return Flow(stack_with_permutations(paper_layer, n_layers, d, permutation), self.make_base())
@@ -214,6 +223,13 @@ class UnconstrainedFlow(FlowModule):
             # A non-negative image for the exponential base: beta = 0 in every layer; the first
             # integrates from the lower limit, the others from 0, so x >= x0 <=> y >= 0 all the way.
             exponential = hp.base == "exponential"
+            if ctx and exponential and embedding == 0:
+                raise ConfigError(
+                    f"unconstrained with context_features={hp.context_features} feeds the context through the MADE "
+                    "embedding h_i(x_<i, c) of the integrand, but embedding=0 with base='exponential' (no offset "
+                    "beta) leaves the MADE nothing to compute: pass embedding >= 1 (e.g. embedding=16), or "
+                    "layout='paper' (the context shifts its hidden biases)"
+                )
             lower = lower if lower is not None else 0.0
             transform = stack_with_permutations(
                 lambda k: UnconstrainedMonotoneTransform(
@@ -233,6 +249,7 @@ class UnconstrainedFlow(FlowModule):
                     std_a=hp.std_a,
                     init=hp.init,
                     train_top=hp.train_top,
+                    context_features=ctx,
                 ),
                 n_layers,
                 d,

@@ -15,9 +15,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unflow_zoo.errors import ConfigError
 from unflow_zoo.nn.mlp import activation
 
-__all__ = ["MADE", "MaskedLinear"]
+__all__ = ["MADE", "MaskedLinear", "check_order"]
+
+
+def check_order(order: Sequence[int] | Tensor | None, features: int) -> Tensor:
+    """``order`` as a long tensor, the identity when None; a :class:`~unflow_zoo.errors.ConfigError`
+    (a ``ValueError``) unless it is a permutation of ``range(features)``.
+
+    The one order check of every autoregressive transform (they all build a MADE from it).
+    """
+    if order is None:
+        return torch.arange(features)
+    order_t = torch.as_tensor(list(order) if not isinstance(order, Tensor) else order, dtype=torch.long)
+    if order_t.ndim != 1 or not torch.equal(order_t.sort().values, torch.arange(features)):
+        raise ConfigError(f"order must be a permutation of range({features}), got {order_t.tolist()}")
+    return order_t
 
 
 class MaskedLinear(nn.Linear):
@@ -71,7 +86,7 @@ class MADE(nn.Module):
         if features < 1 or n_params < 1:
             raise ValueError("MADE needs features >= 1 and n_params >= 1")
         self.features, self.n_params = features, n_params
-        order_t = torch.arange(features) if order is None else torch.as_tensor(list(order))
+        order_t = check_order(order, features)
         # degree of input i = its position in the order, 1-based
         deg_in = torch.empty(features, dtype=torch.long)
         deg_in[order_t] = torch.arange(1, features + 1)
@@ -103,6 +118,11 @@ class MADE(nn.Module):
         if zero_init_last:
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
+
+    @property
+    def order(self) -> Tensor:
+        """The autoregressive order: ``order[k]`` is the feature in position ``k`` (from :attr:`degrees`)."""
+        return torch.argsort(self.degrees)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         h = x

@@ -32,6 +32,7 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from unflow_zoo.errors import DataTypeError, FormatError, IntegrityError
+from unflow_zoo.version import __version__
 
 __all__ = [
     "CONFIG_FILE",
@@ -130,9 +131,7 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 def package_version() -> str:
     """The installed unflow-zoo version (``unflow_zoo.__version__``)."""
-    import unflow_zoo
-
-    return unflow_zoo.__version__
+    return __version__
 
 
 def is_newer(version: str, than: str) -> bool:

@@ -1,4 +1,4 @@
-"""``load_pretrained``: resolve a name, path, URL or ``hf://`` repo to a verified folder and load it.
+"""``load_pretrained``: resolve a name, path, URL or Hugging Face Hub repo to a verified folder and load it.
 
 Resolution order:
 
@@ -7,11 +7,18 @@ Resolution order:
 3. the cache, ``$UNFLOW_ZOO_CACHE`` or ``~/.cache/unflow_zoo`` (or ``cache_dir=``), ``<cache>/<name>/``;
 4. the registry entry's ``url`` (a ``.zip``, or a folder URL ending in ``/``) or ``hf`` repo,
    downloaded into the cache, and explicit ``https://``, ``file://`` and ``hf://user/repo[/sub][@rev]``
-   arguments.
+   arguments;
+5. a Hugging Face Hub repo id ``owner/name`` (exactly one slash, the Hub's characters, and not an
+   existing path): ``load_pretrained("user/repo", revision="v1")``.
+
+Hub repos (4 and 5) go through ``huggingface_hub.hf_hub_download`` and its standard cache
+(``HF_HUB_CACHE``, or ``HF_HOME/hub``, default ``~/.cache/huggingface/hub``), shared with every
+other Hugging Face library; URLs are downloaded into this package's cache.
 
 Every file is checked against its sha256 (the registry's, and for the weights
-also config.json's) before anything is loaded. ``offline=True`` or
-``HF_HUB_OFFLINE=1`` never opens a connection: what is not local is an error.
+also config.json's) before anything is loaded. ``offline=True``,
+``UNFLOW_ZOO_OFFLINE=1`` or Hugging Face's offline mode (``HF_HUB_OFFLINE=1``) never opens a
+connection: what is not local is an error.
 
 References:
     huggingface_hub ``hf_hub_download`` (cache layout, ``HF_HUB_OFFLINE``);
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -32,29 +40,138 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from unflow_zoo.errors import ConfigError, MissingDependencyError, MissingFileError
-from unflow_zoo.pretrained.format import CONFIG_FILE, WEIGHTS_FILE, FormatError, check_sha256
+from unflow_zoo.pretrained.format import CONFIG_FILE, WEIGHTS_FILE, FormatError, check_sha256, read_config
 from unflow_zoo.pretrained.registry import CHECKPOINTS_DIR, load_registry, unknown_name_error
 from unflow_zoo.pretrained.serialization import load_folder
 
-__all__ = ["cache_root", "is_offline", "load_pretrained", "resolve_folder", "safe_extract"]
+__all__ = [
+    "cache_root",
+    "hub_cache_dir",
+    "hub_repo_id",
+    "is_offline",
+    "load_pretrained",
+    "parse_hf_spec",
+    "resolve_folder",
+    "safe_extract",
+]
 
 _REMOTE = ("https://", "http://", "file://", "hf://")
 _TRUE = {"1", "true", "yes", "on"}
+# A Hub repo id as a plain argument: owner/name, one slash, the characters the Hub allows
+# (huggingface_hub.utils.validate_repo_id checks the rest: length, "--", "..", ".git").
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def _hf() -> Any:
+    """The ``huggingface_hub`` module (a core dependency; the error covers a broken install)."""
+    try:
+        import huggingface_hub
+    except ImportError:  # pragma: no cover - a core dependency
+        raise MissingDependencyError(
+            "Hugging Face Hub repos need huggingface_hub: pip install huggingface_hub"
+        ) from None
+    return huggingface_hub
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """``cache_dir``, else ``$UNFLOW_ZOO_CACHE``, else ``~/.cache/unflow_zoo``."""
+    """The package's own cache, for registry names and URL downloads (not for Hub repos).
+
+    Args:
+        cache_dir: an explicit folder; it wins over the environment.
+
+    Returns:
+        ``cache_dir``, else ``$UNFLOW_ZOO_CACHE``, else ``~/.cache/unflow_zoo``.
+    """
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
     env = os.environ.get("UNFLOW_ZOO_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "unflow_zoo"
 
 
+def hub_cache_dir() -> Path:
+    """The Hugging Face Hub cache that Hub repos are downloaded into and read from.
+
+    This is ``huggingface_hub.constants.HF_HUB_CACHE``, read at call time: huggingface_hub
+    computes it from ``HF_HUB_CACHE`` / ``HF_HOME`` when it is imported, and uses it for every
+    Hugging Face library in the process. The package never parses those variables itself, so
+    it cannot disagree with them.
+
+    Returns:
+        The cache folder (it may not exist yet).
+    """
+    return Path(_hf().constants.HF_HUB_CACHE)
+
+
 def is_offline(offline: bool = False) -> bool:
-    """``offline`` or the environment (``HF_HUB_OFFLINE``, ``UNFLOW_ZOO_OFFLINE``) forbids the network."""
-    return offline or any(
-        os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "UNFLOW_ZOO_OFFLINE")
-    )
+    """Whether the network is off for pretrained flows.
+
+    Args:
+        offline: the caller's own switch.
+
+    Returns:
+        ``True`` when ``offline`` is, when ``UNFLOW_ZOO_OFFLINE`` is set to 1/true/yes/on (the
+        package's switch), or when Hugging Face's offline mode is on
+        (``huggingface_hub.constants.HF_HUB_OFFLINE``: ``HF_HUB_OFFLINE=1`` as huggingface_hub read
+        it at import, so set it before importing, as for any Hugging Face library).
+    """
+    if offline or os.environ.get("UNFLOW_ZOO_OFFLINE", "").strip().lower() in _TRUE:
+        return True
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - a core dependency
+        return False
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_repo_id(spec: str) -> str | None:
+    """``spec`` if it reads as a Hugging Face Hub repo id ``owner/name``, else ``None``.
+
+    Exactly one slash, the Hub's characters (letters, digits, ``-``, ``_``, ``.``), and what
+    ``huggingface_hub.utils.validate_repo_id`` accepts. Whether a path of that form exists is
+    the caller's question: an existing path always wins.
+
+    Args:
+        spec: the string to classify.
+
+    Returns:
+        The repo id, or ``None``.
+    """
+    if not _HUB_ID.fullmatch(spec):
+        return None
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        return None
+    return spec
+
+
+def parse_hf_spec(spec: str, revision: str | None = None) -> tuple[str, str | None, str | None]:
+    """Split ``hf://owner/name[/subfolder][@revision]`` (or a plain ``owner/name``).
+
+    Args:
+        spec: the repo, with or without the ``hf://`` prefix.
+        revision: a revision given separately (``revision=``); it must agree with ``@revision``.
+
+    Returns:
+        ``(repo_id, subfolder or None, revision or None)``.
+
+    Raises:
+        ConfigError: a malformed spec, or two different revisions.
+    """
+    rest = spec.removeprefix("hf://")
+    rest, at, tag = rest.partition("@")
+    if at and not tag:
+        raise ConfigError(f"{spec!r}: empty revision after '@'; expected hf://user/repo[/subfolder][@revision]")
+    if tag and revision and tag != revision:
+        raise ConfigError(f"{spec!r} names revision {tag!r} but revision={revision!r} was also given; pass one")
+    parts = rest.strip("/").split("/")
+    repo_id = "/".join(parts[:2])
+    if len(parts) < 2 or not all(parts) or hub_repo_id(repo_id) is None:
+        raise ConfigError(f"expected hf://user/repo[/subfolder][@revision] with a valid Hub repo id, got {spec!r}")
+    return repo_id, "/".join(parts[2:]) or None, revision or tag or None
 
 
 # ----- zip files ---------------------------------------------------------------------------------
@@ -154,39 +271,101 @@ def _fetch_url(url: str, cache: Path, offline: bool, sha256: str | None, files: 
     return load_folder(where) if base.endswith("/") else _load_path(next(iter(targets.values()))[1])
 
 
-def _fetch_hf(spec: str, cache: Path, offline: bool, files: dict[str, str]) -> Any:
-    """``hf://user/repo[/subfolder][@revision]`` through ``huggingface_hub.hf_hub_download``."""
-    rest = spec[len("hf://") :]
-    rest, _, revision = rest.partition("@")
-    parts = rest.strip("/").split("/")
-    if len(parts) < 2 or not all(parts):
-        raise ConfigError(f"expected hf://user/repo[/subfolder][@revision], got {spec!r}")
-    repo_id, subfolder = "/".join(parts[:2]), "/".join(parts[2:]) or None
+def _hub_failure(
+    e: BaseException, repo_id: str, subfolder: str | None, revision: str | None, name: str, offline: bool
+) -> str:
+    """Why ``name`` of the repo could not be had, in words, from huggingface_hub's error."""
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{repo_id}{'/' + subfolder if subfolder else ''} at revision {revision or 'main'}"
+    cache = hub_cache_dir()
+    if isinstance(e, GatedRepoError):
+        return f"{repo_id} is a gated repo: accept its terms on the Hub and log in (`hf auth login` or HF_TOKEN)"
+    if isinstance(e, RevisionNotFoundError):
+        return f"the Hub repo {repo_id} has no revision {revision!r} (a branch, tag or commit hash)"
+    if isinstance(e, RepositoryNotFoundError):
+        return (
+            f"there is no Hub repo {repo_id}, or it is private and you are not logged in (`hf auth login` or HF_TOKEN)"
+        )
+    if isinstance(e, LocalEntryNotFoundError) or offline:
+        why = (
+            "the network is off (offline=True, UNFLOW_ZOO_OFFLINE=1 or HF_HUB_OFFLINE=1)"
+            if offline
+            else f"the Hub could not be reached ({e})"
+        )
+        return (
+            f"{name} of {where} is not in the Hugging Face cache {cache} and {why}; download it once online, "
+            "or point HF_HUB_CACHE (or HF_HOME) at the cache that holds it"
+        )
+    if isinstance(e, EntryNotFoundError):
+        return (
+            f"{where} has no {name}: it is not an unflow-zoo flow (save_pretrained and push_to_hub write "
+            f"{CONFIG_FILE} and {WEIGHTS_FILE})"
+        )
+    return f"cannot get {name} of {where} from the Hub: {e}"
+
+
+def _fetch_hub(
+    repo_id: str,
+    *,
+    subfolder: str | None = None,
+    revision: str | None = None,
+    offline: bool = False,
+    files: dict[str, str] | None = None,
+    spec: str | None = None,
+    local: Path | None = None,
+) -> Any:
+    """Load a flow from a Hub repo through ``huggingface_hub.hf_hub_download`` and its cache.
+
+    ``config.json`` is resolved first; the weights are then fetched at the commit that
+    config came from (its snapshot folder's name), so a branch that moves in between cannot
+    pair one commit's config with another's weights. ``files`` are the registry's digests.
+    ``spec``/``local``: the argument as given, and the path it would have been, for the
+    error message when a plain ``owner/name`` was meant as a local path.
+    """
+    hf = _hf()
+    from huggingface_hub.utils import EntryNotFoundError, HFValidationError
+
+    def get(name: str, rev: str | None) -> Path:
+        # cache_dir is left to huggingface_hub (constants.HF_HUB_CACHE, from HF_HUB_CACHE/HF_HOME):
+        # the standard cache that every Hugging Face library shares, never a private copy.
+        return Path(hf.hf_hub_download(repo_id, name, subfolder=subfolder, revision=rev, local_files_only=offline))
+
+    name = CONFIG_FILE
     try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:  # pragma: no cover - installed with datasets
-        raise MissingDependencyError("hf:// names need huggingface_hub: pip install huggingface_hub") from None
-    folder: Path | None = None
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        try:
-            local = Path(
-                hf_hub_download(
-                    repo_id,
-                    name,
-                    subfolder=subfolder,
-                    revision=revision or None,
-                    cache_dir=str(cache / "hf"),
-                    local_files_only=offline,
-                )
+        folder = get(CONFIG_FILE, revision).parent
+        snapshot = folder.parents[subfolder.count("/")] if subfolder else folder
+        pinned = snapshot.name if _COMMIT.fullmatch(snapshot.name) else revision
+        weights = str(read_config(folder)["weights"].get("file", WEIGHTS_FILE))
+        name = weights
+        if PurePosixPath(weights).name == weights and weights not in ("", ".", ".."):
+            get(weights, pinned)  # otherwise load_folder refuses the config, naming the file
+    except HFValidationError as e:
+        raise ConfigError(f"{spec or repo_id!r}: {e}") from None
+    except (OSError, ValueError, EntryNotFoundError) as e:  # huggingface_hub's errors derive from these
+        if isinstance(e, FormatError):
+            raise
+        message = _hub_failure(e, repo_id, subfolder, revision, name, offline)
+        if local is not None:
+            message = (
+                f"{spec!r} is neither a local path ({local} does not exist) nor a flow on the Hugging Face Hub "
+                f"(read as the repo id {repo_id!r}: {message})"
             )
-        except (OSError, ValueError) as e:  # huggingface_hub's errors derive from these; all: "not available"
-            where = "in the local cache (offline)" if offline else "on the Hub"
-            raise MissingFileError(f"cannot get {name} of {spec} {where}: {e}") from None
-        if name in files:
-            check_sha256(local, files[name])
-        folder = local.parent
-    assert folder is not None
+        raise MissingFileError(message) from None
+    _verify_files(folder, files or {})
     return load_folder(folder)
+
+
+def _fetch_hf(spec: str, offline: bool, files: dict[str, str], revision: str | None = None) -> Any:
+    """``hf://user/repo[/subfolder][@revision]`` (or a registry's plain ``user/repo``) from the Hub."""
+    repo_id, subfolder, revision = parse_hf_spec(spec, revision)
+    return _fetch_hub(repo_id, subfolder=subfolder, revision=revision, offline=offline, files=files, spec=spec)
 
 
 # ----- names ------------------------------------------------------------------------------------
@@ -199,7 +378,15 @@ def _verify_files(folder: Path, files: dict[str, str]) -> None:
 
 
 def resolve_folder(name: str, cache_dir: str | Path | None = None) -> Path | None:
-    """The local folder of a registered or cached ``name`` (packaged first, then the cache), or ``None``."""
+    """The local folder of a registered or cached name.
+
+    Args:
+        name: a registry name (or a name in the package's cache).
+        cache_dir: the package cache to look in (default :func:`cache_root`).
+
+    Returns:
+        The packaged folder, else the cached one, else ``None``.
+    """
     packaged = CHECKPOINTS_DIR / name
     if (packaged / CONFIG_FILE).is_file():
         return packaged
@@ -209,50 +396,92 @@ def resolve_folder(name: str, cache_dir: str | Path | None = None) -> Path | Non
     return None
 
 
-def load_pretrained(name_or_path: str | Path, *, cache_dir: str | Path | None = None, offline: bool = False) -> Any:
+def _no_revision(revision: str | None, spec: str, what: str) -> None:
+    if revision is not None:
+        raise ConfigError(
+            f"revision={revision!r} applies to Hugging Face Hub repos only, but {spec!r} is {what}; "
+            "drop revision= (registered names and files are pinned by their sha256)"
+        )
+
+
+def load_pretrained(
+    name_or_path: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    offline: bool = False,
+) -> Any:
     """Load a pretrained flow, verified, in eval mode.
 
-    ``name_or_path`` is a folder or ``.zip`` path, a registered name (see
-    :func:`~unflow_zoo.pretrained.list_pretrained`), a name in the cache, an
-    ``https://`` / ``file://`` URL (``#sha256=<hex>`` checks the download) or
-    ``hf://user/repo[/subfolder][@revision]``. The returned FlowModule's
-    ``log_prob`` and ``sample`` work in the raw units of its data (any
-    standardisation it was trained with is inside it), and its
-    ``pretrained_config`` holds the record (metrics, data, license).
+    A registered name or an existing local path always wins; a string ``owner/name`` that is
+    neither is a Hugging Face Hub repo id. The returned FlowModule's ``log_prob`` and
+    ``sample`` work in the raw units of its data (any standardisation it was trained with is
+    inside it), and its ``pretrained_config`` holds the record (metrics, data, license).
+
+    Example::
+
+        flow = load_pretrained("nsf-moons")                  # a registered name
+        flow = load_pretrained("user/repo", revision="v1")   # a Hub repo, in the standard HF cache
+        flow = load_pretrained("runs/my-flow")               # a folder (it exists, so it wins)
+
+    Args:
+        name_or_path: a folder or ``.zip`` path (a ``Path`` is always a path), a registered name
+            (see :func:`~unflow_zoo.pretrained.list_pretrained`), a name in the package cache, a Hub
+            repo id ``owner/name``, ``hf://owner/name[/subfolder][@revision]``, or an ``https://`` /
+            ``file://`` URL (``#sha256=<hex>`` checks the download).
+        revision: for a Hub repo, the branch, tag or commit hash (default ``main``).
+        cache_dir: the package's cache for registered names and URL downloads (default
+            ``$UNFLOW_ZOO_CACHE`` or ``~/.cache/unflow_zoo``); Hub repos use the Hugging Face cache.
+        offline: never use the network (also ``UNFLOW_ZOO_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``).
+
+    Returns:
+        The FlowModule, in eval mode.
 
     Raises:
-        ConfigError: unknown name (the message lists the available ones; a ``ValueError``).
+        ConfigError: unknown name (the message lists the available ones; a ``ValueError``), a
+            malformed ``hf://`` spec, or ``revision=`` for something that is not a Hub repo.
         IntegrityError: a file's sha256 differs from the recorded one; nothing is loaded.
         FormatError: a newer format version, an unknown family, an unsafe zip.
-        MissingFileError: the flow is not available locally and the network is off (an ``OSError``).
+        MissingFileError: a path that does not exist, or a flow that is not available locally
+            while the network is off (the message names the repo, revision and cache; an ``OSError``).
     """
     offline = is_offline(offline)
     cache = cache_root(cache_dir)
     spec = os.fspath(name_or_path)
+    if spec.startswith("hf://"):
+        return _fetch_hf(spec, offline, {}, revision)
     if spec.startswith(_REMOTE):
-        return (
-            _fetch_hf(spec, cache, offline, {})
-            if spec.startswith("hf://")
-            else _fetch_url(spec, cache, offline, None, {})
-        )
+        _no_revision(revision, spec, "a URL")
+        return _fetch_url(spec, cache, offline, None, {})
     path = Path(spec).expanduser()
     if path.exists():
+        _no_revision(revision, spec, "a local path")
         return _load_path(path)
-    registry = load_registry()
-    entry = registry.get(spec)
-    if entry is None:
-        if "/" not in spec and "\\" not in spec and (cache / spec / CONFIG_FILE).is_file():
-            return load_folder(cache / spec)
-        raise unknown_name_error(spec)
-    files = dict(entry.get("files", {}))
-    folder = resolve_folder(spec, cache)
-    if folder is not None:
-        _verify_files(folder, files)
-        return load_folder(folder)
-    if entry.get("hf"):
-        return _fetch_hf(str(entry["hf"]), cache, offline, files)
-    if entry.get("url"):
-        return _fetch_url(str(entry["url"]), cache, offline, entry.get("sha256"), files)
-    raise MissingFileError(
-        f"{spec!r} is registered but has no packaged files, no cached copy in {cache} and no url/hf source"
-    )
+    entry = load_registry().get(spec)
+    if entry is not None:
+        _no_revision(revision, spec, "a registered name")
+        files = dict(entry.get("files", {}))
+        folder = resolve_folder(spec, cache)
+        if folder is not None:
+            _verify_files(folder, files)
+            return load_folder(folder)
+        if entry.get("hf"):
+            return _fetch_hf(str(entry["hf"]), offline, files)
+        if entry.get("url"):
+            return _fetch_url(str(entry["url"]), cache, offline, entry.get("sha256"), files)
+        raise MissingFileError(
+            f"{spec!r} is registered but has no packaged files, no cached copy in {cache} and no url/hf source"
+        )
+    plain_name = "/" not in spec and "\\" not in spec
+    if plain_name and (cache / spec / CONFIG_FILE).is_file():
+        _no_revision(revision, spec, "a name in the cache")
+        return load_folder(cache / spec)
+    repo_id = None if isinstance(name_or_path, os.PathLike) else hub_repo_id(spec)
+    if repo_id is not None:
+        return _fetch_hub(repo_id, revision=revision, offline=offline, spec=spec, local=path.absolute())
+    if isinstance(name_or_path, os.PathLike) or not plain_name or spec.endswith(".zip"):
+        raise MissingFileError(
+            f"no such file or folder: {path.absolute()} (and {spec!r} is not a registered name"
+            + (" nor a Hugging Face Hub repo id owner/name)" if not plain_name else ")")
+        )
+    raise unknown_name_error(spec)

@@ -19,13 +19,14 @@ import shutil
 import tempfile
 import warnings
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from unflow_zoo.errors import ConfigError, DataError, UnsafeFileError
+from unflow_zoo.pretrained.card import CARD_FILE, write_card
 from unflow_zoo.pretrained.format import (
     CONFIG_FILE,
     FORMAT_VERSION,
@@ -82,8 +83,13 @@ def save_pretrained(
     description: str = "",
     data: dict[str, Any] | None = None,
     preprocessing: dict[str, Any] | None = None,
+    model_card: bool = True,
 ) -> Path:
     """Write ``model`` (a registered FlowModule) as a pretrained folder, or a ``.zip`` of one.
+
+    The folder holds ``config.json``, ``model.safetensors`` and a model card ``README.md``
+    (:mod:`unflow_zoo.pretrained.card`: the Hub's metadata, the metrics, how it was trained and
+    how to load it). The card is not among the sha256-checked files: loading never reads it.
 
     Args:
         model: the flow; its class must be registered (``@register_model``) so that
@@ -94,8 +100,10 @@ def save_pretrained(
         metrics: measured numbers to publish, e.g. ``{"test_nll": 1.23}``.
         license: license of the weights.
         description: one line shown by ``unflow-zoo pretrained list``.
-        data, preprocessing: the records themselves, when there is no data module object
-            (:func:`~unflow_zoo.pretrained.convert.export_checkpoint` uses them).
+        data: the data record itself, when there is no data module object
+            (:func:`~unflow_zoo.pretrained.convert.export_checkpoint` uses it).
+        preprocessing: the preprocessing record itself, likewise without a data module object.
+        model_card: write ``README.md``; ``False`` leaves a ``README.md`` already in the folder alone.
 
     Returns:
         The folder or zip written.
@@ -144,11 +152,14 @@ def save_pretrained(
             "weights": {"file": WEIGHTS_FILE, "sha256": sha256_of(folder / WEIGHTS_FILE)},
         }
         write_config(folder, config)
+        if model_card:
+            write_card(folder, read_config(folder))  # from the record as written: JSON values only
         if as_zip:
             path.parent.mkdir(parents=True, exist_ok=True)
             with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-                for name in (CONFIG_FILE, WEIGHTS_FILE):
-                    zf.write(folder / name, arcname=name)
+                for name in (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE):
+                    if (folder / name).is_file():
+                        zf.write(folder / name, arcname=name)
     finally:
         if as_zip:
             shutil.rmtree(folder, ignore_errors=True)
@@ -196,9 +207,12 @@ def load_folder(folder: str | Path) -> Any:
             f"{package_version()}; it uses a format this version reads, but consider upgrading",
             stacklevel=3,
         )
-    weights = folder / str(config["weights"].get("file", WEIGHTS_FILE))
-    if weights.resolve().parent != folder.resolve():
-        raise FormatError(f"{folder / CONFIG_FILE}: the weights file must lie in the folder, got {weights}")
+    name = str(config["weights"].get("file", WEIGHTS_FILE))
+    weights = folder / name
+    # A plain file name, checked lexically: resolve() would follow the symbolic links of the
+    # Hugging Face cache (snapshots/<commit>/model.safetensors -> ../../blobs/<hash>) out of the folder.
+    if name in ("", ".", "..") or PurePosixPath(name).name != name or any(c in name for c in "\\:"):
+        raise FormatError(f"{folder / CONFIG_FILE}: the weights file must lie in the folder, got {name!r}")
     if not weights.is_file():
         raise FormatError(f"{folder} has a {CONFIG_FILE} but no weights file {weights.name}")
     check_sha256(weights, config["weights"]["sha256"])

@@ -404,8 +404,35 @@ def _full_grad_sq(ens: _Ensemble, data: Tensor, batch: int) -> Tensor:
 Progress = Callable[[str, int, int], None]
 
 
-def run_job(job: Job, config: StudyConfig, progress: Progress | None = None) -> list[dict[str, Any]]:
-    """Train one job's ensemble and return one row per member and evaluated epoch (0 = init)."""
+def _save_partial(path: Path, state: dict[str, Any]) -> None:
+    """The state of an unfinished job, atomically (a temporary file, then renamed)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_partial(path: Path, job: Job) -> dict[str, Any] | None:
+    """The saved state of ``job`` if ``path`` holds one (read with ``weights_only=True``: tensors and
+    plain containers only), else None; a file of another job or a corrupt one is ignored (and replaced)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable file is just not a usable checkpoint
+        return None
+    return state if isinstance(state, dict) and state.get("key") == job.key else None
+
+
+def run_job(
+    job: Job, config: StudyConfig, progress: Progress | None = None, checkpoint: Path | None = None
+) -> list[dict[str, Any]]:
+    """Train one job's ensemble and return one row per member and evaluated epoch (0 = init).
+
+    With ``checkpoint`` (a file path), the ensemble's state is saved there after every epoch and a
+    job that finds its own state there resumes after the last saved epoch: plain SGD and batch
+    orders that are a function of (seed, epoch) make the resumed run the same as an uninterrupted
+    one. The file is removed when the job finishes.
+    """
     torch.set_num_threads(config.threads)
     setup = PAPER[job.family]
     device = torch.device(config.device)
@@ -442,9 +469,19 @@ def run_job(job: Job, config: StudyConfig, progress: Progress | None = None) -> 
             row.update({key: float(v[k]) for key, v in mv.items()})
             rows.append(row)
 
-    record(0)
+    first = 1
+    saved = _load_partial(checkpoint, job) if checkpoint is not None else None
+    if saved is not None:
+        ens.load_state_dict(saved["ensemble"])
+        start = {k: v.to(device) for k, v in saved["start"].items()}
+        grad_sq, lr = saved["grad_sq"], saved["lr"]
+        lr_dev = lr.to(device=device, dtype=torch.float32)
+        rows, first = list(saved["rows"]), int(saved["epoch"]) + 1
+        t0 -= float(saved["seconds"])
+    else:
+        record(0)
     arange = torch.arange(e, device=device).unsqueeze(1)
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first, epochs + 1):
         order = torch.stack([batch_order(s, epoch, n) for s in job.seeds]).to(device)  # (E, N)
         for step, lo in enumerate(range(0, n, config.batch_size)):
             if config.max_steps is not None and step >= config.max_steps:
@@ -455,8 +492,14 @@ def run_job(job: Job, config: StudyConfig, progress: Progress | None = None) -> 
             loss.backward()
             ens.sgd_step(lr_dev)
         record(epoch)
+        if checkpoint is not None and epoch < epochs:
+            state = {"key": job.key, "epoch": epoch, "ensemble": ens.state_dict(), "start": start}
+            state.update(grad_sq=grad_sq, lr=lr, rows=rows, seconds=time.perf_counter() - t0)
+            _save_partial(checkpoint, state)
         if progress is not None:
             progress(job.key, epoch, epochs)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     return rows
 
 
@@ -509,9 +552,12 @@ def _job_main(job: Job, config: StudyConfig, queue: Any = None) -> tuple[str, fl
     """Worker entry: run a job, write its file, return (key, seconds, final mean test NLL by seed)."""
     t0 = time.perf_counter()
     progress = (lambda key, ep, total: queue.put((key, ep, total))) if queue is not None else None
-    rows = run_job(job, config, progress)
     assert config.out is not None
-    write_csv(rows, Path(config.out) / "runs" / f"{job.key}.csv")
+    runs = Path(config.out) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    # a stopped job resumes from its last finished epoch (this file), not from the start
+    rows = run_job(job, config, progress, checkpoint=runs / f".{job.key}.partial.pt")
+    write_csv(rows, runs / f"{job.key}.csv")
     last = max(r["epoch"] for r in rows)
     final = {str(r["seed"]): r["test_nll"] for r in rows if r["epoch"] == last}
     return job.key, time.perf_counter() - t0, final

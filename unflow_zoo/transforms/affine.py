@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-from unflow_zoo.core.transform import Transform
+from unflow_zoo.core.transform import Transform, check_context, check_features
+from unflow_zoo.nn.mlp import MLP
 
-__all__ = ["Affine", "soft_clamp"]
+__all__ = ["Affine", "ConditionalAffine", "soft_clamp"]
 
 
 def soft_clamp(s: Tensor, bound: float | None) -> Tensor:
@@ -49,3 +52,64 @@ class Affine(Transform):
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return y * self.scale + self.loc, -self._ladj(y)
+
+
+class ConditionalAffine(Transform):
+    r"""Elementwise affine map whose log-scale and shift are functions of the context (data -> noise),
+
+    .. math:: y = x \odot e^{s(c)} + t(c), \qquad (s, t) = \mathrm{MLP}(c), \qquad
+              \log|\det J| = \textstyle\sum_i s_i(c),
+
+    with :math:`s` soft-clamped to ``(-scale_clamp, scale_clamp)`` (:func:`soft_clamp`). The
+    MLP's last layer starts at zero, so the map starts as the identity for every context. The
+    inverse :math:`x = (y - t(c)) \odot e^{-s(c)}` is exact. After an affine flow (the ``linear``
+    family) it makes the model a conditional Gaussian, :math:`x \mid c` with a mean and scales
+    that depend on :math:`c`; with ``hidden=()`` the log-scale and shift are affine in :math:`c`.
+
+    Args:
+        features: ``D``; batches are ``(B, D)``.
+        context_features: :math:`C \ge 1`, the width of the context; contexts are ``(B, C)``.
+        hidden: hidden widths of the MLP (empty: an affine function of the context).
+        act: activation of the MLP.
+        scale_clamp: soft bound on the log-scale (``None``: unbounded).
+
+    Raises:
+        ValueError: ``features`` or ``context_features`` below 1.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        context_features: int,
+        hidden: Sequence[int] = (64,),
+        act: str = "relu",
+        scale_clamp: float | None = 3.0,
+    ) -> None:
+        super().__init__()
+        if features < 1 or context_features < 1:
+            raise ValueError(
+                f"ConditionalAffine needs features >= 1 and context_features >= 1 (it is a function of the context), "
+                f"got features={features}, context_features={context_features}"
+            )
+        self.features, self.context_features = int(features), int(context_features)
+        self.scale_clamp = scale_clamp
+        self.net = MLP(self.context_features, 2 * self.features, hidden, act, zero_init_last=True)
+
+    def _params(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        name = type(self).__name__
+        check_features(x, self.features, name)
+        check_context(context, x.shape[0], self.context_features, name)
+        assert context is not None
+        s, t = self.net(context.to(x.dtype)).chunk(2, dim=1)
+        return soft_clamp(s, self.scale_clamp), t
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        s, t = self._params(x, context)
+        return x * torch.exp(s) + t, s.sum(dim=1)
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        s, t = self._params(y, context)
+        return (y - t) * torch.exp(-s), -s.sum(dim=1)
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}, context_features={self.context_features}, scale_clamp={self.scale_clamp}"

@@ -49,7 +49,10 @@ class GatedAffineCoupling(AffineCoupling):
 
     Args:
         mask: the conditioning features (boolean, some but not all).
-        hidden, act, context_features, scale_clamp: as for AffineCoupling.
+        hidden: hidden widths of the conditioner MLP, as for :class:`AffineCoupling`.
+        act: activation of the conditioner MLP, as for :class:`AffineCoupling`.
+        context_features: size of an optional context vector, as for :class:`AffineCoupling`.
+        scale_clamp: bound of the soft-clamped log-scale, as for :class:`AffineCoupling`.
         gate: ``fixed``, ``learned`` or ``data``.
         gate_init: the gate's value (``fixed``) or its initial value (``learned``,
             ``data``: the gate network's last layer starts at zero with the bias at
@@ -116,13 +119,13 @@ class GatedAffineCoupling(AffineCoupling):
         return torch.sigmoid(self.gate_net(h))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(x)
+        self._check(x, context)
         s, t = self._params(x, context)
         g = self.gate(x, context)
         return x * torch.exp(g * s) + g * t, (g * s).sum(dim=1)
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(y)
+        self._check(y, context)
         s, t = self._params(y, context)
         g = self.gate(y, context)
         return (y - g * t) * torch.exp(-g * s), -(g * s).sum(dim=1)

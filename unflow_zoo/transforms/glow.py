@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unflow_zoo.core.transform import Compose, Transform
+from unflow_zoo.core.transform import Compose, Transform, check_context
 from unflow_zoo.transforms.affine import soft_clamp
 from unflow_zoo.transforms.linear import LULinear
 
@@ -317,11 +317,16 @@ class GlowAffineCoupling(Transform):
     (Glow puts actnorm inside NN as well; plain biased convolutions serve here.)
     Log-scales are computed in at least float32, also under mixed precision.
 
+    Conditional (``context_features = C_c > 0``): NN reads :math:`[x_a, c]`, the ``(B, C_c)``
+    context broadcast to :math:`C_c` constant feature maps of the image's size and
+    concatenated to :math:`x_a`'s channels; the log-determinant is unchanged in form.
+
     Args:
         channels: ``C >= 2``.
         hidden_channels: width of NN.
         scale: ``"sigmoid"`` or ``"clamp"``.
         scale_clamp: :math:`c` of the soft clamp.
+        context_features: :math:`C_c`, the width of the context (0: unconditional).
 
     References:
         Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1
@@ -330,9 +335,16 @@ class GlowAffineCoupling(Transform):
     """
 
     def __init__(
-        self, channels: int, hidden_channels: int = 512, scale: CouplingScale = "sigmoid", scale_clamp: float = 3.0
+        self,
+        channels: int,
+        hidden_channels: int = 512,
+        scale: CouplingScale = "sigmoid",
+        scale_clamp: float = 3.0,
+        context_features: int = 0,
     ) -> None:
         super().__init__()
+        if context_features < 0:
+            raise ValueError(f"context_features must be >= 0 (0: unconditional), got {context_features}")
         if channels < 2:
             raise ValueError(f"GlowAffineCoupling splits channels in halves and needs C >= 2, got {channels}")
         if scale not in ("sigmoid", "clamp"):
@@ -341,49 +353,64 @@ class GlowAffineCoupling(Transform):
         self.split = channels // 2
         self.scale = scale
         self.scale_clamp = float(scale_clamp)
+        self.context_features = int(context_features)
         out = channels - self.split
         self.net = nn.Sequential(
-            nn.Conv2d(self.split, hidden_channels, 3, padding=1),
+            nn.Conv2d(self.split + self.context_features, hidden_channels, 3, padding=1),
             nn.ReLU(),
             nn.Conv2d(hidden_channels, hidden_channels, 1),
             nn.ReLU(),
             _zero_conv(hidden_channels, 2 * out),
         )
 
-    def _params(self, xa: Tensor) -> tuple[Tensor, Tensor]:
+    def _params(self, xa: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if context is not None:
+            maps = context.to(xa.dtype)[:, :, None, None].expand(-1, -1, xa.shape[2], xa.shape[3])
+            xa = torch.cat([xa, maps], dim=1)
         h = self.net(xa)
         h = h.to(_log_dtype(h))
         shift, raw = h[:, 0::2], h[:, 1::2]  # interleaved, as in the official code
         log_s = F.logsigmoid(raw + 2.0) if self.scale == "sigmoid" else soft_clamp(raw, self.scale_clamp)
         return shift, log_s
 
+    def _check(self, x: Tensor, context: Tensor | None) -> None:
+        name = f"GlowAffineCoupling({self.channels})"
+        _check_image(name, x, self.channels)
+        check_context(context, x.shape[0], self.context_features, name)
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        _check_image(f"GlowAffineCoupling({self.channels})", x, self.channels)
+        self._check(x, context)
         xa, xb = x[:, : self.split], x[:, self.split :]
-        shift, log_s = self._params(xa)
+        shift, log_s = self._params(xa, context)
         yb = (xb + shift) * torch.exp(log_s)
         return torch.cat([xa.to(yb.dtype), yb], dim=1), log_s.flatten(1).sum(1)
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        _check_image(f"GlowAffineCoupling({self.channels})", y, self.channels)
+        self._check(y, context)
         ya, yb = y[:, : self.split], y[:, self.split :]
-        shift, log_s = self._params(ya)
+        shift, log_s = self._params(ya, context)
         xb = yb * torch.exp(-log_s) - shift
         return torch.cat([ya.to(xb.dtype), xb], dim=1), -log_s.flatten(1).sum(1)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, scale={self.scale!r}"
+        ctx = f", context_features={self.context_features}" if self.context_features else ""
+        return f"channels={self.channels}, scale={self.scale!r}{ctx}"
 
 
 def glow_step(
-    channels: int, hidden_channels: int = 512, scale: CouplingScale = "sigmoid", scale_clamp: float = 3.0
+    channels: int,
+    hidden_channels: int = 512,
+    scale: CouplingScale = "sigmoid",
+    scale_clamp: float = 3.0,
+    context_features: int = 0,
 ) -> Compose:
     """One step of flow on images: :class:`ActNorm` -> :class:`InvertibleConv1x1` ->
-    :class:`GlowAffineCoupling` (Kingma & Dhariwal 2018, Figure 2a)."""
+    :class:`GlowAffineCoupling` (Kingma & Dhariwal 2018, Figure 2a); with ``context_features``
+    the coupling sees the context (actnorm and the 1x1 convolution do not depend on it)."""
     return Compose(
         ActNorm(channels),
         InvertibleConv1x1(channels),
-        GlowAffineCoupling(channels, hidden_channels, scale, scale_clamp),
+        GlowAffineCoupling(channels, hidden_channels, scale, scale_clamp, context_features),
     )
 
 
@@ -467,13 +494,19 @@ class MultiScaleGlow(Transform):
     giving each :math:`z_1` that the split prior needs to invert its
     :math:`z_2`. Exact up to floating point in both directions.
 
+    Conditional (``context_features > 0``): every coupling network sees the ``(B, C)``
+    context as constant feature maps (:class:`GlowAffineCoupling`); actnorm, the 1x1
+    convolutions and the split priors stay unconditional.
+
     Args:
         event_shape: ``(C, H, W)`` with ``H`` and ``W`` divisible by ``2**levels``.
         levels: :math:`L \geq 1`.
         steps_per_level: :math:`K \geq 1`.
         hidden_channels: width of every coupling network.
         split_prior: learn the prior of the factored-out channels.
-        coupling_scale, scale_clamp: see :class:`GlowAffineCoupling`.
+        coupling_scale: ``scale`` of every :class:`GlowAffineCoupling`.
+        scale_clamp: ``scale_clamp`` of every :class:`GlowAffineCoupling`.
+        context_features: width of the context (0: unconditional, a context is refused).
 
     References:
         Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1
@@ -490,8 +523,11 @@ class MultiScaleGlow(Transform):
         split_prior: bool = True,
         coupling_scale: CouplingScale = "sigmoid",
         scale_clamp: float = 3.0,
+        context_features: int = 0,
     ) -> None:
         super().__init__()
+        if context_features < 0:
+            raise ValueError(f"context_features must be >= 0 (0: unconditional), got {context_features}")
         if len(event_shape) != 3:
             raise ValueError(f"MultiScaleGlow works on images, event_shape (C, H, W); got {tuple(event_shape)}")
         c, h, w = (int(s) for s in event_shape)
@@ -505,6 +541,7 @@ class MultiScaleGlow(Transform):
         self.event_shape = (c, h, w)
         self.levels = int(levels)
         self.split_prior = bool(split_prior)
+        self.context_features = ctx = int(context_features)
         self.squeeze = Squeeze()
         self.steps = nn.ModuleList()
         self.priors = nn.ModuleList()
@@ -512,7 +549,9 @@ class MultiScaleGlow(Transform):
         for level in range(levels):
             c *= 4
             self.steps.append(
-                Compose([glow_step(c, hidden_channels, coupling_scale, scale_clamp) for _ in range(steps_per_level)])
+                Compose(
+                    [glow_step(c, hidden_channels, coupling_scale, scale_clamp, ctx) for _ in range(steps_per_level)]
+                )
             )
             if level < levels - 1:
                 kept = c // 2
@@ -522,11 +561,10 @@ class MultiScaleGlow(Transform):
                 c = kept
 
     def _check(self, x: Tensor, context: Tensor | None) -> None:
-        if context is not None:
-            raise ValueError("MultiScaleGlow is unconditional; got a context")
         if tuple(x.shape[1:]) != self.event_shape:
             c, h, w = self.event_shape
             raise ValueError(f"MultiScaleGlow expects a batch of shape (B, {c}, {h}, {w}), got {tuple(x.shape)}")
+        check_context(context, x.shape[0], self.context_features, type(self).__name__)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(x, context)
@@ -535,7 +573,7 @@ class MultiScaleGlow(Transform):
         h = x
         for level in range(self.levels):
             h, _ = self.squeeze(h)
-            h, ladj = self.steps[level](h)
+            h, ladj = self.steps[level](h, context)
             total = total + ladj
             if level < self.levels - 1:
                 h, z = h[:, : self.kept[level]], h[:, self.kept[level] :]
@@ -566,10 +604,11 @@ class MultiScaleGlow(Transform):
                     z, ladj = self.priors[level].inverse(z, context=h)
                     total = total + ladj
                 h = torch.cat([h, z.to(h.dtype)], dim=1)
-            h, ladj = self.steps[level].inverse(h)
+            h, ladj = self.steps[level].inverse(h, context)
             total = total + ladj
             h, _ = self.squeeze.inverse(h)
         return h, total
 
     def extra_repr(self) -> str:
-        return f"event_shape={self.event_shape}, levels={self.levels}, split_prior={self.split_prior}"
+        ctx = f", context_features={self.context_features}" if self.context_features else ""
+        return f"event_shape={self.event_shape}, levels={self.levels}, split_prior={self.split_prior}{ctx}"

@@ -54,9 +54,10 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from unflow_zoo.core.transform import InputOutsideDomain, Transform
+from unflow_zoo.core.transform import InputOutsideDomain, Transform, check_context, check_features
 from unflow_zoo.nn.integrand import Integrand, PaperInit, PaperIntegrand, make_integrand
-from unflow_zoo.nn.made import MADE
+from unflow_zoo.nn.made import MADE, check_order
+from unflow_zoo.transforms.autoregressive import autoregressive_inverse
 from unflow_zoo.transforms.bisection import (
     check_finite_target,
     raise_inverse_error,
@@ -441,7 +442,9 @@ class UnconstrainedMonotoneTransform(Transform):
       MLP, or ``"paper"``, the seed paper's one-hidden-layer net of width ``width``
       with a fixed random top layer; or any :class:`~unflow_zoo.nn.integrand.Integrand`).
     - :math:`(h_i, \beta_i)` come from a MADE over :math:`x` in the order ``order``
-      (and ``context``); in 1-D without context they are a learned constant.
+      and the ``context`` (fed to every hidden layer); in 1-D without context they are
+      a learned constant, in 1-D with a context a MADE whose hidden units see the
+      context alone. A conditional transform needs ``embedding >= 1`` or ``offset``.
     - :math:`\phi` is ``elu`` (ELU + 1), ``softplus`` or ``exp``; :math:`\epsilon` =
       ``min_slope`` bounds the slope below so that :math:`f_i` maps onto all of
       :math:`\mathbb R` (every noise value has a preimage even where :math:`\phi(N)`
@@ -501,7 +504,9 @@ class UnconstrainedMonotoneTransform(Transform):
         lower_limit: :math:`x_0`.
         offset: learn :math:`\beta_i` (``False``: :math:`\beta = 0`).
         min_slope: :math:`\epsilon \ge 0`.
-        std_a, init, train_top: see :class:`~unflow_zoo.nn.integrand.PaperIntegrand`.
+        std_a: see :class:`~unflow_zoo.nn.integrand.PaperIntegrand`.
+        init: see :class:`~unflow_zoo.nn.integrand.PaperIntegrand`.
+        train_top: see :class:`~unflow_zoo.nn.integrand.PaperIntegrand`.
         inverse_tol: absolute tolerance of the inverse in :math:`x`.
         max_iter: iteration cap of the inverse solver (bracketing + Newton).
         chunk: integrand points per block in :class:`NeuralIntegral` (a speed knob:
@@ -513,6 +518,8 @@ class UnconstrainedMonotoneTransform(Transform):
           Normalizing Flows", AISTATS 2022, arXiv:2106.10535.
         | Germain et al., "MADE: Masked Autoencoder for Distribution Estimation", ICML 2015.
     """
+
+    analytic_inverse = False  # a bisection/Newton solve, run without autograd: no rsample
 
     lower: Tensor
     order: Tensor
@@ -549,7 +556,7 @@ class UnconstrainedMonotoneTransform(Transform):
             raise ValueError(f"unknown phi {phi!r}; choose one of {PHI_NAMES}")
         if min_slope < 0:
             raise ValueError(f"min_slope must be >= 0, got {min_slope}")
-        self.features = features
+        self.features, self.context_features = features, context_features
         if isinstance(integrand, Integrand):
             self.integrand = integrand
         else:
@@ -565,12 +572,16 @@ class UnconstrainedMonotoneTransform(Transform):
         self.phi, self.min_slope, self.offset = phi, float(min_slope), bool(offset)
         self.inverse_tol, self.max_iter, self.chunk = float(inverse_tol), int(max_iter), int(chunk)
         self.register_buffer("lower", torch.tensor(float(lower_limit)))
-        order_t = torch.arange(features) if order is None else torch.as_tensor(list(order), dtype=torch.long)
-        if not torch.equal(order_t.sort().values, torch.arange(features)):
-            raise ValueError(f"order must be a permutation of 0..{features - 1}, got {order_t.tolist()}")
+        order_t = check_order(order, features)
         self.register_buffer("order", order_t)
         self.n_params = self.embedding + int(self.offset)
         self.conditioner: nn.Module | None
+        if self.n_params == 0 and context_features:
+            raise ValueError(
+                f"{type(self).__name__} with context_features={context_features} feeds the context to the MADE that "
+                "computes the embedding h and the offset beta, but embedding=0 and offset=False leave it nothing to "
+                "compute: pass embedding >= 1 (or offset=True)"
+            )
         if self.n_params == 0:
             self.conditioner = None
         elif features == 1 and context_features == 0:
@@ -586,12 +597,9 @@ class UnconstrainedMonotoneTransform(Transform):
             )
 
     # ----- pieces ---------------------------------------------------------------------
-    def _check(self, x: Tensor) -> None:
-        if x.ndim != 2 or x.shape[1] != self.features:
-            raise ValueError(
-                f"expected a batch of shape (B, {self.features}) for a {self.features}-D "
-                f"{type(self).__name__}, got {tuple(x.shape)}"
-            )
+    def _check(self, x: Tensor, context: Tensor | None) -> None:
+        check_features(x, self.features, type(self).__name__)
+        check_context(context, x.shape[0], self.context_features, type(self).__name__)
 
     def _conditioning(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """``c`` (B, D, H) for the integrand and ``beta`` (B, D) or None, from MADE(x)."""
@@ -618,7 +626,7 @@ class UnconstrainedMonotoneTransform(Transform):
 
     # ----- the contract -----------------------------------------------------------------
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(x)
+        self._check(x, context)
         c, beta = self._conditioning(x, context)
         tensors = self.integrand.path_tensors()
         q = self.quadrature
@@ -657,19 +665,20 @@ class UnconstrainedMonotoneTransform(Transform):
             return y, log_positive(n_x, self.phi, self.min_slope).sum(dim=0)
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(y)
+        self._check(y, context)
         check_finite_target(y, type(self).__name__)
         with torch.no_grad():
             tensors = self.integrand.path_tensors()
             if isinstance(self.conditioner, MADE):
-                x = torch.zeros_like(y)
                 cs: list[Tensor] = [y.new_empty(0)] * self.features
-                # Coordinate order[k] depends on x_{order[<k]} only: solve in that order,
-                # one MADE pass per coordinate; Newton iterations reuse its output.
-                for i in self.order.tolist():
+
+                def solve(x: Tensor, i: int) -> Tensor:
+                    # one MADE pass per coordinate; Newton iterations reuse its output
                     c, beta = self._conditioning(x, context)
-                    x[:, i] = self._solve(c[:, i], y[:, i], beta[:, i] if beta is not None else None, tensors, i)
                     cs[i] = c[:, i]
+                    return self._solve(c[:, i], y[:, i], beta[:, i] if beta is not None else None, tensors, i)
+
+                x = autoregressive_inverse(y, self.order.tolist(), solve)
                 c_all = torch.stack(cs, dim=1)
             else:
                 # Constant conditioner: every coordinate is independent, solve them all at once.

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from unflow_zoo.core.transform import Transform
+from unflow_zoo.core.transform import Transform, check_features
 
 __all__ = ["LULinear"]
 
@@ -96,10 +96,7 @@ class LULinear(Transform):
 
     # ----- the contract ---------------------------------------------------------------------
     def _check(self, x: Tensor) -> None:
-        if x.ndim != 2 or x.shape[1] != self.features:
-            raise ValueError(
-                f"expected a batch of shape (B, {self.features}) for LULinear({self.features}), got {tuple(x.shape)}"
-            )
+        check_features(x, self.features, type(self).__name__)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(x)

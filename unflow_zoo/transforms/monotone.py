@@ -45,7 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unflow_zoo.core.transform import InputOutsideDomain, Transform
+from unflow_zoo.core.transform import InputOutsideDomain, Transform, check_context, check_features
+from unflow_zoo.transforms.autoregressive import autoregressive_inverse
 from unflow_zoo.transforms.bisection import check_round_trip, solve_increasing
 from unflow_zoo.transforms.tanh_sum import tanh_sum
 
@@ -161,6 +162,17 @@ class ConstrainedMonotone(Transform):
     and in both :math:`a = |\mathcal N(0, \sigma_a^2)|` (free output weights
     :math:`\mathcal N(0, \sigma_a^2)`), :math:`\sigma_a` = ``std_a``.
 
+    **Context** (``context_features = C > 0``, a conditional map :math:`p(x \mid c)`): the
+    biases of the first hidden layer depend on the context, :math:`b^{(1)}(c) = b^{(1)} + V c`
+    (``context_weight`` :math:`V`, one :math:`m \times C` block per coordinate, zero at
+    initialisation, so a freshly built conditional map is the unconditional one). The context
+    only shifts pre-activations, so every path from :math:`x_i` to :math:`y_i` keeps its
+    positive weights and each :math:`y_i` stays increasing in :math:`x_i`, for every
+    :math:`c`; the log-determinant and the inverse are those above, at the shifted biases.
+    :math:`V` belongs to the parameter group ``"b"``. The unconditional one-hidden-layer map
+    runs through the fused :func:`~unflow_zoo.transforms.tanh_sum.tanh_sum`; a conditional one
+    (every point its own biases) through the log-space path that ``depth > 1`` uses.
+
     **Inverse** by batched bisection, coordinate by coordinate in the
     autoregressive order (``x_i`` is solved once ``x_{<i}`` are known). The
     bracket is the exact bound ``(y_i -+ G_i) / alpha`` when ``alpha > 0``
@@ -193,6 +205,7 @@ class ConstrainedMonotone(Transform):
         train_layers: parameter groups that train (``"W"``, ``"b"``, ``"a"``; ``"w"`` is
             accepted for ``"W"``); the others get ``requires_grad=False``.
         max_bisection_iters: cap on bisection steps per coordinate.
+        context_features: :math:`C`, the width of the context (0: unconditional, a context is refused).
 
     Attributes:
         c: the scale after each tanh.
@@ -202,6 +215,8 @@ class ConstrainedMonotone(Transform):
         Normalizing Flows", AISTATS 2022, arXiv:2106.10535.
         De Cao, Titov & Aziz, "Block Neural Autoregressive Flow", UAI 2019.
     """
+
+    analytic_inverse = False  # a bisection/Newton solve, run without autograd: no rsample
 
     def __init__(
         self,
@@ -216,8 +231,11 @@ class ConstrainedMonotone(Transform):
         autoregressive: bool = True,
         train_layers: Sequence[str] = ("W", "b", "a"),
         max_bisection_iters: int = 400,
+        context_features: int = 0,
     ) -> None:
         super().__init__()
+        if context_features < 0:
+            raise ValueError(f"context_features must be >= 0 (0: unconditional), got {context_features}")
         if features < 1 or width < 1 or depth < 1:
             raise ValueError(f"features, width and depth must be positive integers, got {features}, {width}, {depth}")
         if positivity not in POSITIVITY:
@@ -240,6 +258,7 @@ class ConstrainedMonotone(Transform):
         self.linear_term = float(linear_term)
         self.autoregressive = bool(autoregressive) and d > 1
         self.max_bisection_iters = int(max_bisection_iters)
+        self.context_features = int(context_features)
         std_w = 1.0 if init == "standard-normal" else 1.0 / math.sqrt(m)
         self.c = 1.0 / math.sqrt(m) if init == "standard-normal" else 1.0
 
@@ -260,6 +279,11 @@ class ConstrainedMonotone(Transform):
         self.a_lower = nn.Parameter(self._init_lower(1, m, self.std_a)) if self.autoregressive else None
         if self.autoregressive:
             self.register_buffer("_mask_out", self._lower_mask(1, m), persistent=False)
+        # b(c) = b + V c for the first hidden layer; zeros (no random draw), so that a conditional
+        # map starts as the unconditional one and an unconditional one is built exactly as before
+        self.context_weight: nn.Parameter | None = (
+            nn.Parameter(torch.zeros(d, m, self.context_features)) if self.context_features else None
+        )
         self.set_train_layers(train_layers)
 
     # ----- construction ---------------------------------------------------------------
@@ -316,7 +340,8 @@ class ConstrainedMonotone(Transform):
         """The parameters by group, for weight-movement studies (``||W_t - W_0||``).
 
         Keys: ``"W"`` hidden weights (per layer: diagonal blocks, then the free
-        lower blocks if any), ``"b"`` hidden biases, ``"a"`` output weights
+        lower blocks if any), ``"b"`` hidden biases (and last, for a conditional map,
+        the context weights :math:`V` of :math:`b^{(1)}(c)`), ``"a"`` output weights
         (diagonal blocks, then lower blocks). With ``effective=False`` (default)
         these are the trained ``nn.Parameter`` objects themselves (raw values:
         equal to the effective weights for ``positivity="clamp"``, the
@@ -330,6 +355,8 @@ class ConstrainedMonotone(Transform):
             if self.autoregressive:
                 groups["W"].append(self.w_lower[k] * self._mask(k) if effective else self.w_lower[k])
             groups["b"].append(self.b[k])
+        if self.context_weight is not None:
+            groups["b"].append(self.context_weight)
         groups["a"].append(self._positive(self.a_diag) if effective else self.a_diag)
         if self.a_lower is not None:
             groups["a"].append(self.a_lower * self._mask_out if effective else self.a_lower)
@@ -358,14 +385,11 @@ class ConstrainedMonotone(Transform):
             self.a_lower.mul_(self._mask_out)
 
     # ----- the map --------------------------------------------------------------------
-    def _check(self, x: Tensor) -> None:
-        if x.ndim != 2 or x.shape[1] != self.features:
-            raise ValueError(
-                f"{type(self).__name__} over {self.features} features expects a batch of shape "
-                f"(B, {self.features}), got {tuple(x.shape)}"
-            )
+    def _check(self, x: Tensor, context: Tensor | None = None) -> None:
+        check_features(x, self.features, type(self).__name__)
+        check_context(context, x.shape[0], self.context_features, type(self).__name__)
 
-    def _run(self, x: Tensor, with_logdet: bool = True) -> tuple[Tensor, Tensor | None]:
+    def _run(self, x: Tensor, context: Tensor | None = None, with_logdet: bool = True) -> tuple[Tensor, Tensor | None]:
         """``y`` ``(B, D)`` and the per-coordinate ``log dy_i/dx_i`` ``(B, D)`` (or None).
 
         Autocast is disabled: the network *is* the transform (there is no separate
@@ -373,12 +397,19 @@ class ConstrainedMonotone(Transform):
         and a logsumexp, and the bisection inverse must invert the same float32 map.
         """
         if not torch.is_autocast_enabled(x.device.type):  # entering the context costs more than the small maps
-            return self._run_full_precision(x, with_logdet)
+            return self._run_full_precision(x, context, with_logdet)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return self._run_full_precision(x, with_logdet)
+            return self._run_full_precision(x, context, with_logdet)
 
-    def _run_full_precision(self, x: Tensor, with_logdet: bool) -> tuple[Tensor, Tensor | None]:
-        if self.depth == 1:
+    def _context_shift(self, context: Tensor | None, like: Tensor) -> Tensor | None:
+        """:math:`V c`, the context's shift of the first layer's biases, ``(B, D, m)`` (None without context)."""
+        if context is None or self.context_weight is None:
+            return None
+        return torch.einsum("bc,ijc->bij", context.to(like.dtype), self.context_weight)
+
+    def _run_full_precision(self, x: Tensor, context: Tensor | None, with_logdet: bool) -> tuple[Tensor, Tensor | None]:
+        shift = self._context_shift(context, x)
+        if self.depth == 1 and shift is None:
             return self._run_one_layer(x, with_logdet)
         batch, d, m = x.shape[0], self.features, self.width
         log_c = math.log(self.c)
@@ -387,6 +418,8 @@ class ConstrainedMonotone(Transform):
         for k in range(self.depth):
             w = self._positive(self.w_diag[k])  # (D, m_out, m_in)
             z = torch.einsum("bik,ijk->bij", h, w) + self.b[k]
+            if k == 0 and shift is not None:
+                z = z + shift
             if self.autoregressive:
                 lower = self.w_lower[k] * self._mask(k)
                 z = z + (h.reshape(batch, d * h.shape[-1]) @ lower.T).view(batch, d, m)
@@ -431,24 +464,19 @@ class ConstrainedMonotone(Transform):
         return y.squeeze(0), (log_dy.squeeze(0) if with_logdet else None)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check_context(context)
-        self._check(x)
-        y, log_dy = self._run(x)
+        self._check(x, context)
+        y, log_dy = self._run(x, context)
         assert log_dy is not None
         return y, log_dy.sum(-1)
 
-    def log_derivatives(self, x: Tensor) -> Tensor:
+    def log_derivatives(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         r"""The diagonal of the Jacobian in log space, :math:`\log \partial y_i/\partial x_i`, ``(B, D)``."""
-        self._check(x)
-        return self._run(x)[1]  # type: ignore[return-value]
-
-    def _check_context(self, context: Tensor | None) -> None:
-        if context is not None:
-            raise ValueError(f"{type(self).__name__} is unconditional; call it without a context")
+        self._check(x, context)
+        return self._run(x, context)[1]  # type: ignore[return-value]
 
     # ----- inverse --------------------------------------------------------------------
-    def image_bounds(self, x: Tensor, i: int) -> tuple[Tensor, Tensor]:
-        """Infimum and supremum of ``y_i`` over ``x_i`` given ``x_{<i}`` (from ``x``), each ``(B,)``.
+    def image_bounds(self, x: Tensor, i: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Infimum and supremum of ``y_i`` over ``x_i`` given ``x_{<i}`` (from ``x``) and the context, each ``(B,)``.
 
         Infinite when ``linear_term > 0``; otherwise the saturation values of the
         tanh network, computed by sending ``x_i`` to ``-+`` a huge finite value
@@ -463,17 +491,17 @@ class ConstrainedMonotone(Transform):
             xs = x.clone()
             xs[:, i] = s
             xs[:, i + 1 :] = 0.0  # later coordinates do not touch y_i; keep them finite
-            bounds.append(self._run(xs, with_logdet=False)[0][:, i])
+            bounds.append(self._run(xs, context, with_logdet=False)[0][:, i])
         return bounds[0], bounds[1]
 
     @torch.no_grad()
-    def _solve_coordinate(self, x: Tensor, y_i: Tensor, i: int) -> Tensor:
+    def _solve_coordinate(self, x: Tensor, y_i: Tensor, i: int, context: Tensor | None = None) -> Tensor:
         """Bisection for ``x_i`` with ``y_i(x_{<i}, x_i) = y_i``; ``x`` holds ``x_{<i}``."""
 
         def f(xi: Tensor) -> Tensor:
             xs = x.clone()
             xs[:, i] = xi
-            return self._run(xs, with_logdet=False)[0][:, i]
+            return self._run(xs, context, with_logdet=False)[0][:, i]
 
         bracket = None
         if self.linear_term > 0:
@@ -498,25 +526,26 @@ class ConstrainedMonotone(Transform):
         )
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check_context(context)
-        self._check(y)
-        x = torch.zeros_like(y)
+        self._check(y, context)
+
+        def solve(x: Tensor, i: int) -> Tensor:
+            if self.linear_term == 0:
+                inf, sup = self.image_bounds(x, i, context)
+                outside = (y[:, i] <= inf) | (y[:, i] >= sup) | ~torch.isfinite(y[:, i])
+                if outside.any():
+                    k = int(outside.nonzero()[0, 0])
+                    raise InputOutsideDomain(
+                        f"y[{k}, {i}] = {float(y[k, i]):.6g} is outside the image "
+                        f"({float(inf[k]):.6g}, {float(sup[k]):.6g}) of coordinate {i}: with "
+                        "linear_term=0 (the paper's model) the constrained map is onto a bounded box, "
+                        f"not R^{self.features}, so {int(outside.sum())} of {y.shape[0]} points have "
+                        "no preimage; build the transform with linear_term > 0 to invert any point"
+                    )
+            return self._solve_coordinate(x, y[:, i], i, context)
+
         with torch.no_grad():
-            for i in range(self.features):
-                if self.linear_term == 0:
-                    inf, sup = self.image_bounds(x, i)
-                    outside = (y[:, i] <= inf) | (y[:, i] >= sup) | ~torch.isfinite(y[:, i])
-                    if outside.any():
-                        k = int(outside.nonzero()[0, 0])
-                        raise InputOutsideDomain(
-                            f"y[{k}, {i}] = {float(y[k, i]):.6g} is outside the image "
-                            f"({float(inf[k]):.6g}, {float(sup[k]):.6g}) of coordinate {i}: with "
-                            "linear_term=0 (the paper's model) the constrained map is onto a bounded box, "
-                            f"not R^{self.features}, so {int(outside.sum())} of {y.shape[0]} points have "
-                            "no preimage; build the transform with linear_term > 0 to invert any point"
-                        )
-                x[:, i] = self._solve_coordinate(x, y[:, i], i)
-        y_back, ladj = self(x)  # the log-determinant, and the residual check of the whole point, in one pass
+            x = autoregressive_inverse(y, range(self.features), solve)
+        y_back, ladj = self(x, context)  # the log-determinant, and the residual check of the whole point, in one pass
         check_round_trip(y_back, y, owner=type(self).__name__)
         return x, -ladj
 
@@ -525,6 +554,7 @@ class ConstrainedMonotone(Transform):
             f"features={self.features}, width={self.width}, depth={self.depth}, "
             f"positivity={self.positivity!r}, init={self.init!r}, c={self.c:.4g}, "
             f"linear_term={self.linear_term}, autoregressive={self.autoregressive}"
+            + (f", context_features={self.context_features}" if self.context_features else "")
         )
 
 

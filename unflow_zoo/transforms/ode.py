@@ -11,6 +11,10 @@ noise and :math:`\ell(T) = \log|\det \partial z(T) / \partial x|` (instantaneous
 change of variables, Chen et al. 2018). The trace is exact (one backward pass
 per dimension) in low dimension and Hutchinson's unbiased estimate
 :math:`\epsilon^\top (\partial f/\partial z)\,\epsilon` above it (Grathwohl et al. 2019).
+
+A conditional flow :math:`p(x \mid c)` feeds the context to the dynamics, :math:`f(z, t, c)`
+(:class:`ODENet` with ``context_features``): it is constant along a solve, so the trace,
+and so the log-determinant, is still taken with respect to :math:`z` alone.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from torch import Tensor, nn
 from torchdiffeq import odeint, odeint_adjoint
 from torchdiffeq._impl.odeint import SOLVERS  # the installed version's own table of method names
 
-from unflow_zoo.core.transform import Transform
+from unflow_zoo.core.transform import Transform, check_context
 from unflow_zoo.errors import DataError, InputOutsideDomain, InverseError
 from unflow_zoo.transforms.bisection import raise_inverse_error, residual_tolerance
 
@@ -68,20 +72,31 @@ class ConcatSquashLinear(nn.Module):
 
     .. math:: h(x, t) = (W x + b) \odot \sigma(W_t t + b_t) + W_b t .
 
+    With ``context_features = C > 0`` the context is concatenated to the input,
+    :math:`W [x, c] + b` (the layer's weight then has ``in_features + C`` columns).
+
+    Args:
+        in_features: width of :math:`x`.
+        out_features: width of :math:`h`.
+        context_features: width :math:`C` of the context (0: none).
+
     References:
         Grathwohl, Chen, Bettencourt, Sutskever & Duvenaud, "FFJORD: Free-form
         Continuous Dynamics for Scalable Reversible Generative Models", ICLR 2019,
         arXiv:1810.01367 (``ConcatSquashLinear`` in the official code).
     """
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, out_features: int, context_features: int = 0) -> None:
         super().__init__()
-        self.layer = nn.Linear(in_features, out_features)
+        self.context_features = int(context_features)
+        self.layer = nn.Linear(in_features + self.context_features, out_features)
         self.gate = nn.Linear(1, out_features)
         self.time_bias = nn.Linear(1, out_features, bias=False)
 
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+    def forward(self, t: Tensor, x: Tensor, context: Tensor | None = None) -> Tensor:
         tt = t.reshape(1, 1).to(x.dtype)
+        if context is not None:
+            x = torch.cat([x, context.to(x.dtype)], dim=1)
         return self.layer(x) * torch.sigmoid(self.gate(tt)) + self.time_bias(tt)
 
 
@@ -90,51 +105,82 @@ class ConcatSquashConv2d(nn.Module):
 
     .. math:: h(x, t) = (W * x + b) \odot \sigma(W_t t + b_t) + W_b t .
 
+    With ``context_features = C > 0`` a ``(B, C)`` context is broadcast to ``C`` constant
+    feature maps and concatenated to the input channels.
+
+    Args:
+        in_channels: channels of :math:`x`.
+        out_channels: channels of :math:`h`.
+        kernel_size: odd size of the convolution.
+        context_features: width :math:`C` of the context (0: none).
+
     References:
         Grathwohl et al., "FFJORD", ICLR 2019, arXiv:1810.01367.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, context_features: int = 0) -> None:
         super().__init__()
-        self.layer = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        self.context_features = int(context_features)
+        self.layer = nn.Conv2d(in_channels + self.context_features, out_channels, kernel_size, padding=kernel_size // 2)
         self.gate = nn.Linear(1, out_channels)
         self.time_bias = nn.Linear(1, out_channels, bias=False)
 
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+    def forward(self, t: Tensor, x: Tensor, context: Tensor | None = None) -> Tensor:
         tt = t.reshape(1, 1).to(x.dtype)
+        if context is not None:
+            maps = context.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+            x = torch.cat([x, maps], dim=1)
         gate = torch.sigmoid(self.gate(tt)).reshape(1, -1, 1, 1)
         return self.layer(x) * gate + self.time_bias(tt).reshape(1, -1, 1, 1)
 
 
 class ODENet(nn.Module):
-    r"""Time-dependent dynamics :math:`f(z, t)`: concatsquash layers with a smooth activation.
+    r"""Time-dependent dynamics :math:`f(z, t)` (:math:`f(z, t, c)` with a context): concatsquash
+    layers with a smooth activation.
 
     ``event_shape`` ``(D,)`` gives :class:`ConcatSquashLinear` layers
     ``D -> hidden[0] -> ... -> D``; ``(C, H, W)`` gives 3x3 :class:`ConcatSquashConv2d`
-    layers with ``hidden`` channels. No activation after the last layer.
+    layers with ``hidden`` channels. No activation after the last layer. With
+    ``context_features > 0`` every layer sees the context concatenated to its input
+    (as constant feature maps for images); ``forward(t, z, context)``.
+
+    Args:
+        event_shape: ``(D,)`` or ``(C, H, W)``.
+        hidden: hidden widths (channels for images).
+        act: a smooth activation (:func:`ode_activation`).
+        context_features: width of the context (0: unconditional dynamics).
 
     References:
         Grathwohl et al., "FFJORD", ICLR 2019, arXiv:1810.01367 (``ODEnet``).
     """
 
-    def __init__(self, event_shape: Sequence[int], hidden: Sequence[int] = (64, 64, 64), act: str = "softplus") -> None:
+    def __init__(
+        self,
+        event_shape: Sequence[int],
+        hidden: Sequence[int] = (64, 64, 64),
+        act: str = "softplus",
+        context_features: int = 0,
+    ) -> None:
         super().__init__()
         self.event_shape = tuple(int(s) for s in event_shape)
+        if context_features < 0:
+            raise ValueError(f"context_features must be >= 0 (0: unconditional), got {context_features}")
+        self.context_features = ctx = int(context_features)
         if len(self.event_shape) == 1:
             sizes = [self.event_shape[0], *hidden, self.event_shape[0]]
-            layers = [ConcatSquashLinear(a, b) for a, b in itertools.pairwise(sizes)]
+            layers: list[nn.Module] = [ConcatSquashLinear(a, b, ctx) for a, b in itertools.pairwise(sizes)]
         elif len(self.event_shape) == 3:
             sizes = [self.event_shape[0], *hidden, self.event_shape[0]]
-            layers = [ConcatSquashConv2d(a, b) for a, b in itertools.pairwise(sizes)]
+            layers = [ConcatSquashConv2d(a, b, context_features=ctx) for a, b in itertools.pairwise(sizes)]
         else:
             raise ValueError(f"ODENet takes event_shape (D,) or (C, H, W), got {self.event_shape}")
         self.layers = nn.ModuleList(layers)
         self.acts = nn.ModuleList(ode_activation(act) for _ in layers[:-1])
 
-    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+    def forward(self, t: Tensor, z: Tensor, context: Tensor | None = None) -> Tensor:
         h = z
         for i, layer in enumerate(self.layers):
-            h = layer(t, h)
+            h = layer(t, h, context)
             if i < len(self.acts):
                 h = self.acts[i](h)
         return h
@@ -151,17 +197,30 @@ class _Dynamics:
     adjoint gets them as ``adjoint_params``); it counts its own evaluations.
     """
 
-    def __init__(self, owner: ODETransform, exact: bool, noise: Tensor | None, regularize: bool) -> None:
+    def __init__(
+        self,
+        owner: ODETransform,
+        exact: bool,
+        noise: Tensor | None,
+        regularize: bool,
+        context: Tensor | None = None,
+        context_in_state: bool = False,
+    ) -> None:
         self.owner = owner
         self.exact = exact
         self.noise = noise
         self.regularize = regularize
+        # the context: held here, or (adjoint) the last ODE state with zero derivative, so that the
+        # adjoint solve returns its gradient (a tensor captured by the closure would get none)
+        self.context = context
+        self.context_in_state = context_in_state
         self.nfe = 0
 
     def __call__(self, s: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         self.nfe += 1
         owner = self.owner
         z = state[0]
+        context = state[-1] if self.context_in_state else self.context
         # Outside autograd (evaluation, or the adjoint's forward pass) the trace still needs
         # one backward pass through f, but not a graph of it.
         build_graph = torch.is_grad_enabled()
@@ -170,7 +229,7 @@ class _Dynamics:
                 z = z.detach().requires_grad_(True)
             end = owner.end_time  # inside, so the adjoint sees T's parameter in its graph
             t = s.to(z.dtype) * end
-            f = owner.net(t, z)
+            f = owner.net(t, z) if context is None else owner.net(t, z, context)
             if f.shape != z.shape:
                 raise ValueError(f"the ODE net must return the shape of z, {tuple(z.shape)}; got {tuple(f.shape)}")
             trace, frob = self._divergence(f, z, build_graph)
@@ -179,6 +238,8 @@ class _Dynamics:
             out = [end * f, end * trace]
             if self.regularize:
                 out += [end * f.flatten(1).pow(2).sum(1), end * frob]
+            if self.context_in_state:
+                out.append(torch.zeros_like(state[-1]))
         if not build_graph:
             out = [o.detach() for o in out]
         return tuple(out)
@@ -225,7 +286,9 @@ class ODETransform(Transform):
     = \int_0^T \operatorname{tr}\,\partial f/\partial z\, dt` (i.e. :math:`\log p(x) =
     \log p_Z(z(T)) + \int_0^T \operatorname{tr}\,\partial f/\partial z\,dt`, FFJORD's
     :math:`d\log p/dt = -\operatorname{tr}\,\partial f/\partial z` read backwards).
-    ``inverse`` solves the same ODE from :math:`T` back to 0. **The inverse is
+    ``inverse`` solves the same ODE from :math:`T` back to 0. A conditional block
+    (``context_features > 0``) solves :math:`dz/dt = f(z, t, c)` with the ``(B, C)`` context
+    held fixed along the solve; the trace stays that of :math:`\partial f/\partial z`. **The inverse is
     numerical**: ``inverse(forward(x))`` recovers ``x`` only to the solver's tolerance
     (about ``atol + rtol |x|`` per unit time with an adaptive solver; the tests use
     float64 and ``atol = rtol = 1e-9`` and check the round trip to ``1e-7``).
@@ -291,12 +354,20 @@ class ODETransform(Transform):
         features: :math:`D`, the number of numbers in one event (for the trace choice).
         end_time: initial :math:`T`.
         train_end_time: learn :math:`T`.
-        solver, atol, rtol: torchdiffeq method and tolerances.
-        train_solver, train_step_size: the solver for training (fixed-grid or adaptive).
+        solver: torchdiffeq method.
+        atol: absolute tolerance of ``solver``.
+        rtol: relative tolerance of ``solver``.
+        train_solver: the solver for training (fixed-grid or adaptive; default ``solver``).
+        train_step_size: step of a fixed-grid ``train_solver``, in rescaled time.
         adjoint: use ``odeint_adjoint`` (memory O(1) in the number of steps).
-        trace, exact_trace_max_dim, noise: the trace estimator, see above.
+        trace: the trace estimator, ``auto``, ``exact`` or ``hutchinson`` (see above).
+        exact_trace_max_dim: largest :math:`D` for the exact trace (see above).
+        noise: Hutchinson noise, ``gaussian`` or ``rademacher``.
         regularize: integrate the RNODE energies during training forward solves.
         check_inverse: verify every inverse by a forward solve (see above).
+        context_features: width :math:`C` of the context that ``net`` takes as
+            ``net(t, z, context)`` (0: unconditional, a context is refused; ``None``: the
+            net's ``context_features`` attribute, 0 if it has none).
 
     References:
         Chen, Rubanova, Bettencourt & Duvenaud, "Neural Ordinary Differential
@@ -327,8 +398,14 @@ class ODETransform(Transform):
         noise: NoiseName = "gaussian",
         regularize: bool = False,
         check_inverse: bool = False,
+        context_features: int | None = None,
     ) -> None:
         super().__init__()
+        if context_features is None:
+            context_features = int(getattr(net, "context_features", 0))
+        if context_features < 0:
+            raise ValueError(f"context_features must be >= 0 (0: unconditional), got {context_features}")
+        self.context_features = int(context_features)
         for name, value in (("solver", solver), ("train_solver", train_solver)):
             if value is not None and (value not in SOLVERS or value == "scipy_solver"):
                 valid = sorted(k for k in SOLVERS if k != "scipy_solver")
@@ -405,13 +482,12 @@ class ODETransform(Transform):
         return torch.randint(0, 2, z.shape, device=z.device).to(z.dtype) * 2 - 1
 
     def _solve(self, x: Tensor, context: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor]:
-        if context is not None:
-            raise ValueError("ODETransform is unconditional; got a context tensor. Pass context=None")
         if x.ndim < 2 or math.prod(x.shape[1:]) != self.features:
             raise ValueError(
                 f"ODETransform over {self.features} features expected a batch (B, ...) with {self.features} "
                 f"numbers per event, got shape {tuple(x.shape)}"
             )
+        check_context(context, x.shape[0], self.context_features, type(self).__name__)
         # float32 at least, whatever autocast or a bf16 input would make of it
         dtype = x.dtype if x.dtype == torch.float64 else torch.float32
         if x.shape[0] == 0:  # nothing to integrate (an adaptive solver's error norm of no numbers is NaN)
@@ -430,8 +506,10 @@ class ODETransform(Transform):
         # read before leaving inference mode: inference_mode(False) switches grad mode back on
         grad = torch.is_grad_enabled() and not inference
         with torch.inference_mode(False), torch.set_grad_enabled(grad):
+            if context is not None:
+                context = context.to(dtype).clone() if inference else context.to(dtype)
             try:
-                return self._solve_fp(x.to(dtype).clone() if inference else x.to(dtype), reverse)
+                return self._solve_fp(x.to(dtype).clone() if inference else x.to(dtype), reverse, context)
             except AssertionError as err:  # torchdiffeq: "underflow in dt ..."
                 if "underflow" not in str(err):
                     raise
@@ -447,14 +525,19 @@ class ODETransform(Transform):
         )
         return InverseError(msg) if reverse else DataError(msg)
 
-    def _solve_fp(self, z0: Tensor, reverse: bool) -> tuple[Tensor, Tensor]:
+    def _solve_fp(self, z0: Tensor, reverse: bool, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         with torch.autocast(device_type=z0.device.type, enabled=False):
             exact = self.uses_exact_trace()
             regularize = self.regularize and self.training and not reverse
-            dyn = _Dynamics(self, exact, None if exact else self._noise(z0), regularize)
+            in_state = self.adjoint and context is not None
+            held = None if in_state else context
+            dyn = _Dynamics(self, exact, None if exact else self._noise(z0), regularize, held, in_state)
             state: tuple[Tensor, ...] = (z0, z0.new_zeros(z0.shape[0]))
             if regularize:
                 state += (z0.new_zeros(z0.shape[0]), z0.new_zeros(z0.shape[0]))
+            if in_state:
+                assert context is not None
+                state += (context,)
             s = torch.tensor([1.0, 0.0] if reverse else [0.0, 1.0], dtype=z0.dtype, device=z0.device)
             method = self.train_solver if self.training else self.solver
             options = {"step_size": self.train_step_size} if method in FIXED_STEP_SOLVERS else None
@@ -465,6 +548,8 @@ class ODETransform(Transform):
             else:
                 sol = odeint(dyn, state, s, **kw)
             final = [v[-1] for v in sol]
+        # the module keeps the dynamics (for nfe_backward); not the context, which may carry a graph
+        dyn.context = None
         self._nfe_forward = dyn.nfe
         self._last_dynamics = dyn
         self.last_trace_estimator = "exact" if exact else "hutchinson"
@@ -478,18 +563,20 @@ class ODETransform(Transform):
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x, ladj = self._solve(y, context, reverse=True)
         if self.check_inverse and x.shape[0] > 0:
-            self._check_inverse(x, y)
+            self._check_inverse(x, y, context)
         return x, ladj
 
-    def _check_inverse(self, x: Tensor, y: Tensor) -> None:
+    def _check_inverse(self, x: Tensor, y: Tensor, context: Tensor | None = None) -> None:
         """Integrate ``x`` forwards (``z`` only, no trace, no graph) and raise InverseError where it misses ``y``."""
         # inference_mode(False) first: entering it turns grad mode back on, no_grad then turns it off
         with torch.inference_mode(False), torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
             z0 = x.detach().clone()
             end = self.end_time.detach().to(z0.dtype)
+            c = context.detach().clone().to(z0.dtype) if context is not None else None
 
             def field(s: Tensor, z: Tensor) -> Tensor:
-                return end * self.net(s.to(z.dtype) * end, z)
+                t = s.to(z.dtype) * end
+                return end * (self.net(t, z) if c is None else self.net(t, z, c))
 
             s = torch.tensor([0.0, 1.0], dtype=z0.dtype, device=z0.device)
             method = self.train_solver if self.training else self.solver
@@ -517,4 +604,5 @@ class ODETransform(Transform):
         return (
             f"features={self.features}, solver={self.solver}, atol={self.atol:g}, rtol={self.rtol:g}, "
             f"train_solver={self.train_solver}, trace={self.trace}, noise={self.noise}, adjoint={self.adjoint}"
+            + (f", context_features={self.context_features}" if self.context_features else "")
         )

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unflow_zoo.core.transform import Transform
+from unflow_zoo.core.transform import Transform, check_context, check_features
 from unflow_zoo.nn.integrand import PaperInit
 from unflow_zoo.transforms.bisection import check_finite_target, check_round_trip, far_rows
 from unflow_zoo.transforms.integral import PHI_NAMES, PhiName, log_positive, positive, solve_monotone
@@ -76,6 +76,15 @@ class PaperUnconstrainedTransform(Transform):
     default): :math:`W, w, b \sim \mathcal N(0, 1/m)`, :math:`s = 1`; ``"gaussian-std"``:
     :math:`\mathcal N(0, 1)` and :math:`s = 1/\sqrt m` (the NTK parametrisation); the
     top layer :math:`a \sim \mathcal N(0, \sigma_a^2)`, :math:`\sigma_a` = ``std_a``.
+
+    Context (``context_features = C > 0``, a conditional map, not in the paper): the hidden
+    pre-activations get a context-dependent shift, :math:`b_i(c) = b_i + V_i c`
+    (``context_weight`` :math:`V` ``(D, m, C)``, zero at initialisation, so a freshly built
+    conditional map is the unconditional one, and no random draw is spent on it). :math:`c`
+    enters beside :math:`x_{<i}` and not through :math:`t`, so every coordinate stays an
+    integral of a positive function of :math:`t`, increasing in :math:`x_i` for every
+    :math:`c`; quadrature, log-determinant and inverse are unchanged. :math:`V` belongs to
+    the parameter group ``"b"``.
 
     The integral is the ``K = n_nodes`` point ``quadrature`` (the paper: right Riemann
     sum, 50 nodes). As in the official code, the derivative in :math:`x_i` is the
@@ -126,12 +135,15 @@ class PaperUnconstrainedTransform(Transform):
             :math:`D` (the paper: the per-coordinate data minimum).
         inverse_tol: absolute tolerance of the inverse in :math:`x`.
         max_iter: iteration cap of the inverse solver (bracketing + Newton).
+        context_features: :math:`C`, the width of the context (0: unconditional, the paper's map).
 
     References:
         Shah, Deshpande & Goyal, "Learning and Generalization in Overparameterized
         Normalizing Flows", AISTATS 2022, arXiv:2106.10535 (Section 4 and the official
         code, github.com/kulinshah98/overparam-NFs, ``UNF/utils.py``).
     """
+
+    analytic_inverse = False  # a bisection/Newton solve, run without autograd: no rsample
 
     a: Tensor
     mask: Tensor
@@ -152,8 +164,11 @@ class PaperUnconstrainedTransform(Transform):
         lower_limit: float | Sequence[float] = 0.0,
         inverse_tol: float = 1e-6,
         max_iter: int = 200,
+        context_features: int = 0,
     ) -> None:
         super().__init__()
+        if context_features < 0:
+            raise ValueError(f"context_features must be >= 0 (0: unconditional), got {context_features}")
         if features < 1 or width < 1:
             raise ValueError(f"features and width must be >= 1, got features={features}, width={width}")
         if init not in ("gaussian-sqrt-m", "gaussian-std"):
@@ -166,6 +181,7 @@ class PaperUnconstrainedTransform(Transform):
         self.init, self.std_a = init, float(std_a)
         self.phi, self.min_slope = phi, float(min_slope)
         self.inverse_tol, self.max_iter = float(inverse_tol), int(max_iter)
+        self.context_features = int(context_features)
 
         self.register_buffer("lower", self._lower_limits(lower_limit))
         self.quadrature = Quadrature(quadrature, n_nodes)
@@ -189,6 +205,10 @@ class PaperUnconstrainedTransform(Transform):
             self.a = nn.Parameter(a)  # type: ignore[assignment]
         else:
             self.register_buffer("a", a)
+        # b_i(c) = b_i + V_i c; zeros (no random draw): an unconditional map is built exactly as before
+        self.context_weight: nn.Parameter | None = (
+            nn.Parameter(torch.zeros(d, m, self.context_features)) if self.context_features else None
+        )
 
     def _lower_limits(self, lower_limit: float | Sequence[float]) -> Tensor:
         if isinstance(lower_limit, (int, float)):
@@ -202,16 +222,8 @@ class PaperUnconstrainedTransform(Transform):
 
     # ----- pieces ---------------------------------------------------------------------
     def _check(self, x: Tensor, context: Tensor | None) -> None:
-        if context is not None:
-            raise ValueError(
-                f"{type(self).__name__} is unconditional (the seed paper's layout has no context), got a "
-                f"context of shape {tuple(context.shape)}; call it without one"
-            )
-        if x.ndim != 2 or x.shape[1] != self.features:
-            raise ValueError(
-                f"expected a batch of shape (B, {self.features}) for a {self.features}-D "
-                f"{type(self).__name__}, got {tuple(x.shape)}"
-            )
+        check_features(x, self.features, type(self).__name__)
+        check_context(context, x.shape[0], self.context_features, type(self).__name__)
 
     def _rule(self) -> tuple[Tensor, Tensor]:
         q = self.quadrature
@@ -224,21 +236,31 @@ class PaperUnconstrainedTransform(Transform):
         """:math:`s\\,a`, the top layer with the parametrisation's output scale folded in."""
         return self.a * self.scale if self.scale != 1.0 else self.a
 
-    def _conditioning(self, x: Tensor) -> Tensor:
-        r""":math:`W_i x_{<i} + b_i` for every coordinate, shape ``(D, B, m)``."""
+    def _context_shift(self, context: Tensor | None, like: Tensor) -> Tensor | None:
+        r""":math:`V_i c` for every coordinate, ``(D, B, m)`` (None without a context)."""
+        if context is None or self.context_weight is None:
+            return None
+        return torch.einsum("bc,imc->ibm", context.to(like.dtype), self.context_weight)
+
+    def _conditioning(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        r""":math:`W_i x_{<i} + b_i` (:math:`+ V_i c` with a context) for every coordinate, shape ``(D, B, m)``."""
         w_x = (self.W * self.mask).transpose(1, 2)  # (D, D, m)
-        return torch.baddbmm(self.b.unsqueeze(1), x.unsqueeze(0).expand(self.features, -1, -1), w_x)
+        c = torch.baddbmm(self.b.unsqueeze(1), x.unsqueeze(0).expand(self.features, -1, -1), w_x)
+        shift = self._context_shift(context, x)
+        return c if shift is None else c + shift
 
     def parameter_groups(self) -> dict[str, list[Tensor]]:
         """``{"W": [W, w_t], "b": [b], "a": [a]}``, for tracking :math:`\\|W_t - W_0\\|`
-        (``W`` and ``w_t`` together are the official networks' first-layer weights)."""
-        return {"W": [self.W, self.w_t], "b": [self.b], "a": [self.a]}
+        (``W`` and ``w_t`` together are the official networks' first-layer weights); a conditional
+        map adds its context weights :math:`V` to ``"b"``."""
+        b = [self.b] if self.context_weight is None else [self.b, self.context_weight]
+        return {"W": [self.W, self.w_t], "b": b, "a": [self.a]}
 
-    def derivative(self, x: Tensor) -> Tensor:
+    def derivative(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         r""":math:`\partial y_i / \partial x_i = \phi(N_i(x_i; x_{<i})) + \epsilon`, shape ``(B, D)``."""
-        self._check(x, None)
+        self._check(x, context)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            n = relu_net(self._conditioning(x), self.w_t, self._top(), x.t())
+            n = relu_net(self._conditioning(x, context), self.w_t, self._top(), x.t())
             return positive(n, self.phi, self.min_slope).t()
 
     # ----- the contract -----------------------------------------------------------------
@@ -247,7 +269,7 @@ class PaperUnconstrainedTransform(Transform):
         # Full precision: the kernel's hand-written backward runs outside autocast and must
         # see the dtypes its forward saw.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            c = self._conditioning(x)
+            c = self._conditioning(x, context)
             a = self._top()
             xt = x.t().contiguous()  # one group per coordinate: (D, B)
             nodes, weights = self._rule()
@@ -265,9 +287,12 @@ class PaperUnconstrainedTransform(Transform):
             a = self._top()
             w_x = self.W * self.mask
             x = torch.empty_like(y)
+            shift = self._context_shift(context, y)
             cs: list[Tensor] = []
             for i in range(self.features):
                 c_i = F.linear(x[:, :i], w_x[i, :, :i], self.b[i])  # needs x_{<i} only: solved already
+                if shift is not None:
+                    c_i = c_i + shift[i]
                 x[:, i] = self._solve(i, c_i, y[:, i], a)
                 cs.append(c_i)
             c_all = torch.stack(cs)  # (D, B, m)
@@ -276,7 +301,7 @@ class PaperUnconstrainedTransform(Transform):
             far = far_rows(y, x, c_all.transpose(0, 1))
             if bool(far.any()):
                 # far out, forward() may round the large terms differently from the solver: check those rows
-                y_back, _ = self(x[far])
+                y_back, _ = self(x[far], context[far] if context is not None else None)
                 check_round_trip(y_back, y[far], owner=type(self).__name__)
         return x, ladj
 
@@ -309,4 +334,5 @@ class PaperUnconstrainedTransform(Transform):
             f"features={self.features}, width={self.width}, std_a={self.std_a}, init={self.init!r}, "
             f"train_top={trained}, phi={self.phi!r}, min_slope={self.min_slope}, "
             f"lower_limit={self.lower.tolist()}"
+            + (f", context_features={self.context_features}" if self.context_features else "")
         )

@@ -37,6 +37,14 @@ the paper's fast sampling. Both the matrix work and the custom gradients run in
 float32 or float64 with autocast disabled, so bf16 mixed precision cannot break
 a log-determinant or a solve.
 
+A conditional layer (``context_features = C > 0``) adds a context-dependent bias,
+:math:`f(x) = W x + b + V c` (per channel for the convolution), :math:`V` zero at
+initialisation. A shift leaves the Jacobian :math:`W` alone, so the log-determinant,
+its self-normalizing gradient and the reconstruction penalty are those of the
+unconditional layer, and the inverses subtract the same shift. That is the one place a
+context fits the method: :math:`W` and :math:`R` must stay fixed matrices for the
+learned inverse to track :math:`W^{-1}`.
+
 References:
     Keller, Peters, Jaini, Hoogeboom, Forré & Welling, "Self Normalizing Flows",
     ICML 2021, arXiv:2011.07248.
@@ -52,7 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
-from unflow_zoo.core.transform import Transform
+from unflow_zoo.core.transform import Transform, check_context, check_features
 
 __all__ = [
     "LeakyReLU",
@@ -235,8 +243,13 @@ class _SelfNormBase(Transform):
     inverse_weight: nn.Parameter
     bias: nn.Parameter | None
 
-    def __init__(self, recon_weight: float, exact: bool | None, train_logdet: TrainLogdet) -> None:
+    def __init__(
+        self, recon_weight: float, exact: bool | None, train_logdet: TrainLogdet, context_features: int = 0
+    ) -> None:
         super().__init__()
+        if context_features < 0:
+            raise ValueError(f"context_features must be >= 0 (0: unconditional), got {context_features}")
+        self.context_features = int(context_features)
         if recon_weight < 0:
             raise ValueError(f"recon_weight (lambda) must be >= 0, got {recon_weight}")
         if train_logdet not in ("exact", "skip"):
@@ -274,8 +287,24 @@ class _SelfNormBase(Transform):
     def reconstruction_error(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def _init_context(self, outputs: int) -> None:
+        # the context bias V c: zeros, and no random draw, so that an unconditional layer is built as before
+        self.context_weight: nn.Parameter | None = (
+            nn.Parameter(torch.zeros(outputs, self.context_features)) if self.context_features else None
+        )
+
+    def _check_context(self, x: Tensor, context: Tensor | None) -> None:
+        check_context(context, x.shape[0], self.context_features, type(self).__name__)
+
+    def _context_bias(self, context: Tensor | None, like: Tensor) -> Tensor | None:
+        """:math:`V c`, ``(B, outputs)`` (None without a context)."""
+        if context is None or self.context_weight is None:
+            return None
+        return context.to(like.dtype) @ self.context_weight.mT
+
     def extra_repr(self) -> str:
-        return f"recon_weight={self.recon_weight}, exact={self.exact}, train_logdet={self.train_logdet!r}"
+        ctx = f", context_features={self.context_features}" if self.context_features else ""
+        return f"recon_weight={self.recon_weight}, exact={self.exact}, train_logdet={self.train_logdet!r}{ctx}"
 
 
 def _half(p: Tensor) -> Tensor:
@@ -309,6 +338,7 @@ class SelfNormLinear(_SelfNormBase):
         exact: force the exact (``True``) or self-normalizing (``False``) log-det
             gradient; ``None``: self-normalizing in training, exact otherwise.
         train_logdet: ``"exact"`` or ``"skip"``, the training-time log-det value.
+        context_features: width :math:`C` of the context of the bias :math:`V c` (0: unconditional).
 
     References:
         Keller, Peters, Jaini, Hoogeboom, Forré & Welling, "Self Normalizing Flows",
@@ -322,24 +352,25 @@ class SelfNormLinear(_SelfNormBase):
         recon_weight: float = 1.0,
         exact: bool | None = None,
         train_logdet: TrainLogdet = "exact",
+        context_features: int = 0,
     ) -> None:
-        super().__init__(recon_weight, exact, train_logdet)
+        super().__init__(recon_weight, exact, train_logdet, context_features)
         if features < 1:
             raise ValueError(f"features must be a positive int, got {features}")
         self.features = int(features)
         self.weight = nn.Parameter(torch.eye(features))
         self.inverse_weight = nn.Parameter(torch.eye(features))
         self.bias = nn.Parameter(torch.zeros(features)) if bias else None
+        self._init_context(self.features)
 
-    def _check(self, x: Tensor) -> None:
-        if x.ndim != 2 or x.shape[1] != self.features:
-            raise ValueError(
-                f"expected a batch of shape (B, {self.features}) for SelfNormLinear({self.features}), "
-                f"got {tuple(x.shape)}"
-            )
+    def _check(self, x: Tensor, context: Tensor | None = None) -> None:
+        check_features(x, self.features, type(self).__name__)
+        self._check_context(x, context)
 
-    def _shift(self, z: Tensor, sign: float) -> Tensor:
-        return z if self.bias is None else z + sign * self.bias
+    def _shift(self, z: Tensor, sign: float, context: Tensor | None = None) -> Tensor:
+        z = z if self.bias is None else z + sign * self.bias
+        vc = self._context_bias(context, z)
+        return z if vc is None else z + sign * vc
 
     def logabsdet(self) -> Tensor:
         r"""Exact :math:`\log|\det W|` (a differentiable scalar, :math:`O(D^3)`)."""
@@ -358,15 +389,15 @@ class SelfNormLinear(_SelfNormBase):
         return (x - x_hat).pow(2).sum(1).mean()
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(x)
+        self._check(x, context)
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(self.weight.dtype)
             if self.use_exact():
-                z = self._shift(x @ self.weight.mT, 1.0)
+                z = self._shift(x @ self.weight.mT, 1.0, context)
                 ladj = self.logabsdet()
             else:
                 w, r = _half(self.weight), _half(self.inverse_weight)
-                z = self._shift(_SelfNormLinearFn.apply(x, w, r), 1.0)
+                z = self._shift(_SelfNormLinearFn.apply(x, w, r), 1.0, context)
                 value = None
                 if self.train_logdet == "exact":
                     with torch.no_grad():
@@ -375,19 +406,19 @@ class SelfNormLinear(_SelfNormBase):
             self._record_reconstruction(x)
         return z, ladj.expand(x.shape[0])
 
-    def approximate_inverse(self, y: Tensor) -> Tensor:
-        """:math:`R (y - b)`: the learned inverse, :math:`O(D^2)` per point, no log-det."""
-        self._check(y)
+    def approximate_inverse(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        """:math:`R (y - b - V c)`: the learned inverse, :math:`O(D^2)` per point, no log-det."""
+        self._check(y, context)
         with torch.autocast(y.device.type, enabled=False):
-            return self._shift(y.to(self.weight.dtype), -1.0) @ self.inverse_weight.mT
+            return self._shift(y.to(self.weight.dtype), -1.0, context) @ self.inverse_weight.mT
 
     def inverse(self, y: Tensor, context: Tensor | None = None, *, approximate: bool = False) -> tuple[Tensor, Tensor]:
-        self._check(y)
+        self._check(y, context)
         with torch.autocast(y.device.type, enabled=False):
             if approximate:
-                x = self.approximate_inverse(y)
+                x = self.approximate_inverse(y, context)
                 return x, torch.linalg.slogdet(self.inverse_weight)[1].expand(y.shape[0])
-            v = self._shift(y.to(self.weight.dtype), -1.0)
+            v = self._shift(y.to(self.weight.dtype), -1.0, context)
             x = torch.linalg.solve(self.weight, v.mT).mT
             return x, (-self.logabsdet()).expand(y.shape[0])
 
@@ -423,6 +454,8 @@ class SelfNormConv(_SelfNormBase):
         exact: as in :class:`SelfNormLinear`.
         train_logdet: as in :class:`SelfNormLinear` (``"exact"`` builds the dense matrix).
         max_exact_features: largest :math:`D = CHW` for the dense exact path.
+        context_features: width :math:`C_c` of the context of the per-channel bias
+            :math:`V c` (0: unconditional).
 
     References:
         Keller, Peters, Jaini, Hoogeboom, Forré & Welling, "Self Normalizing Flows",
@@ -438,8 +471,9 @@ class SelfNormConv(_SelfNormBase):
         exact: bool | None = None,
         train_logdet: TrainLogdet = "exact",
         max_exact_features: int = 4096,
+        context_features: int = 0,
     ) -> None:
-        super().__init__(recon_weight, exact, train_logdet)
+        super().__init__(recon_weight, exact, train_logdet, context_features)
         if channels < 1:
             raise ValueError(f"channels must be a positive int, got {channels}")
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -451,20 +485,24 @@ class SelfNormConv(_SelfNormBase):
         self.weight = nn.Parameter(w)
         self.inverse_weight = nn.Parameter(flip_kernel(w).clone())
         self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+        self._init_context(self.channels)
 
     @property
     def padding(self) -> int:
         return self.kernel_size // 2
 
-    def _check(self, x: Tensor) -> None:
+    def _check(self, x: Tensor, context: Tensor | None = None) -> None:
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(
                 f"expected a batch of images (B, {self.channels}, H, W) for SelfNormConv({self.channels}), "
                 f"got {tuple(x.shape)}"
             )
+        self._check_context(x, context)
 
-    def _shift(self, z: Tensor, sign: float) -> Tensor:
-        return z if self.bias is None else z + sign * self.bias.view(1, -1, 1, 1)
+    def _shift(self, z: Tensor, sign: float, context: Tensor | None = None) -> Tensor:
+        z = z if self.bias is None else z + sign * self.bias.view(1, -1, 1, 1)
+        vc = self._context_bias(context, z)
+        return z if vc is None else z + sign * vc[:, :, None, None]
 
     def matrix(self, shape: tuple[int, int, int], kernel: Tensor | None = None) -> Tensor:
         """The dense matrix of the convolution (``kernel`` defaults to :math:`w`) on ``(C, H, W)`` images."""
@@ -495,16 +533,16 @@ class SelfNormConv(_SelfNormBase):
         return (x - x_hat).pow(2).flatten(1).sum(1).mean()
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(x)
+        self._check(x, context)
         shape = (x.shape[1], x.shape[2], x.shape[3])
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(self.weight.dtype)
             if self.use_exact():
-                z = self._shift(F.conv2d(x, self.weight, padding=self.padding), 1.0)
+                z = self._shift(F.conv2d(x, self.weight, padding=self.padding), 1.0, context)
                 ladj = self.logabsdet(shape)
             else:
                 w, r = _half(self.weight), _half(self.inverse_weight)
-                z = self._shift(_SelfNormConvFn.apply(x, w, r), 1.0)
+                z = self._shift(_SelfNormConvFn.apply(x, w, r), 1.0, context)
                 value = None
                 if self.train_logdet == "exact":
                     with torch.no_grad():
@@ -513,22 +551,22 @@ class SelfNormConv(_SelfNormBase):
             self._record_reconstruction(x)
         return z, ladj.expand(x.shape[0])
 
-    def approximate_inverse(self, y: Tensor) -> Tensor:
-        r""":math:`r \star (y - b)`: the learned inverse convolution, no log-det."""
-        self._check(y)
+    def approximate_inverse(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        r""":math:`r \star (y - b - V c)`: the learned inverse convolution, no log-det."""
+        self._check(y, context)
         with torch.autocast(y.device.type, enabled=False):
-            v = self._shift(y.to(self.weight.dtype), -1.0)
+            v = self._shift(y.to(self.weight.dtype), -1.0, context)
             return F.conv2d(v, self.inverse_weight, padding=self.padding)
 
     def inverse(self, y: Tensor, context: Tensor | None = None, *, approximate: bool = False) -> tuple[Tensor, Tensor]:
-        self._check(y)
+        self._check(y, context)
         shape = (y.shape[1], y.shape[2], y.shape[3])
         with torch.autocast(y.device.type, enabled=False):
             if approximate:
-                x = self.approximate_inverse(y)
+                x = self.approximate_inverse(y, context)
                 ladj = torch.linalg.slogdet(self.matrix(shape, self.inverse_weight))[1]
                 return x, ladj.expand(y.shape[0])
-            v = self._shift(y.to(self.weight.dtype), -1.0)
+            v = self._shift(y.to(self.weight.dtype), -1.0, context)
             x = torch.linalg.solve(self.matrix(shape), v.flatten(1).mT).mT.reshape(v.shape)
             return x, (-self.logabsdet(shape)).expand(y.shape[0])
 

@@ -68,11 +68,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from unflow_zoo.core.transform import InputOutsideDomain, Transform
-from unflow_zoo.nn.made import MADE
-from unflow_zoo.transforms.bisection import check_round_trip, solve_increasing
+from unflow_zoo.core.transform import InputOutsideDomain, outside_rows, report_outside
+from unflow_zoo.errors import ConfigError
+from unflow_zoo.transforms.autoregressive import MaskedAutoregressive
+from unflow_zoo.transforms.bisection import solve_increasing
+from unflow_zoo.transforms.univariate import Univariate
 
-__all__ = ["DSFAutoregressive", "dsf_params_per_feature", "sigmoidal_flow"]
+__all__ = ["DSFAutoregressive", "DSFMap", "dsf_params_per_feature", "sigmoidal_flow"]
 
 _A_SHIFT = math.log(math.expm1(1.0))  # softplus(0 + shift) = 1
 
@@ -131,7 +133,81 @@ def _dsf(x: Tensor, params: Tensor, delta: float) -> tuple[Tensor, Tensor]:
     return h, ladj
 
 
-class DSFAutoregressive(Transform):
+class DSFMap(Univariate):
+    """The deep sigmoidal flow as a univariate map (see the module docstring): ``depth * 3 * units``
+    pseudo-parameters per coordinate (:func:`dsf_params_per_feature`), a bisection inverse.
+
+    Args:
+        units: :math:`n`, sigmoid units per DSF layer.
+        depth: number of stacked DSF layers.
+        delta: the mixing :math:`\\delta` (bounds the logit).
+        max_bisection_iters: cap on bisection steps.
+    """
+
+    analytic_inverse = False
+
+    def __init__(self, units: int = 16, depth: int = 1, delta: float = 1e-6, max_bisection_iters: int = 400) -> None:
+        super().__init__()
+        if units < 1 or depth < 1:
+            raise ConfigError(f"a deep sigmoidal flow needs units >= 1 and depth >= 1, got {units}, {depth}")
+        if not 0 < delta < 1:
+            raise ConfigError(f"delta must be in (0, 1), got {delta}")
+        self.units, self.depth, self.delta = units, depth, float(delta)
+        self.max_bisection_iters = int(max_bisection_iters)
+        self.n_params = dsf_params_per_feature(units, depth)
+
+    def _pseudo(self, params: Tensor) -> Tensor:
+        return params.reshape(*params.shape[:-1], self.depth, 3, self.units)
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return sigmoidal_flow(x, self._pseudo(params), self.delta)
+
+    def image_bound(self, params: Tensor) -> Tensor:
+        """Infimum and supremum of the map, :math:`f(\\mp\\infty)`, for pseudo-parameters
+        ``(*S, depth, 3, n)``, stacked on a new first axis."""
+        big = math.sqrt(torch.finfo(params.dtype).max)
+        x = torch.full(params.shape[:-3], big, dtype=params.dtype, device=params.device)
+        return torch.stack([sigmoidal_flow(-x, params, self.delta)[0], sigmoidal_flow(x, params, self.delta)[0]])
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        p = self._pseudo(params)
+        lo, hi = self.image_bound(p)
+        outside = (y <= lo) | (y >= hi) | ~torch.isfinite(y)
+        already = outside_rows()
+        if already is not None and outside.ndim >= 1 and already.shape[0] == outside.shape[0]:
+            # rows a sampler already redraws: their earlier coordinates are NaN, and so are these parameters
+            outside = outside | already.view(-1, *([1] * (outside.ndim - 1)))
+        rows = outside if outside.ndim <= 1 else outside.flatten(1).any(1)
+        collected = bool(outside.any()) and report_outside(rows)
+        if collected:
+            # a sampler redraws these rows: solve for an in-image stand-in, then mark them NaN
+            y = torch.where(outside, (lo + hi) / 2, y)
+            p = torch.where(outside.view(*outside.shape, 1, 1, 1), torch.zeros_like(p), p)
+            lo, hi = self.image_bound(p)
+            y = torch.where(outside, (lo + hi) / 2, y)
+        elif outside.any():
+            k = tuple(int(j) for j in outside.nonzero()[0])
+            raise InputOutsideDomain(
+                f"z = {float(y[k]):.6g} (at index {k} of the {tuple(y.shape)} targets) is outside the image "
+                f"({float(lo[k]):.6g}, {float(hi[k]):.6g}) of the sigmoidal flow: with delta={self.delta} each "
+                "DSF layer maps R onto a bounded interval"
+            )
+        x = solve_increasing(
+            lambda xi: sigmoidal_flow(xi, p, self.delta)[0],
+            y,
+            max_iters=self.max_bisection_iters,
+            error="could not bracket the inverse of the sigmoidal flow",
+            owner=type(self).__name__,
+        )
+        if collected:
+            x = torch.where(outside, torch.full_like(x, math.nan), x)
+        return x, -sigmoidal_flow(x, p, self.delta)[1]
+
+    def extra_repr(self) -> str:
+        return f"units={self.units}, depth={self.depth}, delta={self.delta}"
+
+
+class DSFAutoregressive(MaskedAutoregressive):
     r"""Autoregressive deep sigmoidal flow layer (NAF-DSF).
 
     Each coordinate goes through its own deep sigmoidal flow (see the module
@@ -147,7 +223,8 @@ class DSFAutoregressive(Transform):
     one coordinate at a time in the autoregressive order by bisection (``D``
     MADE passes). The MADE output layer keeps its random initialisation: with a
     zero one all ``units`` sigmoids would be identical and get identical
-    gradients forever.
+    gradients forever. :class:`~unflow_zoo.transforms.autoregressive.MaskedAutoregressive`
+    with :class:`DSFMap`.
 
     Args:
         features: :math:`D`.
@@ -164,8 +241,6 @@ class DSFAutoregressive(Transform):
         Huang, Krueger, Lacoste & Courville, "Neural Autoregressive Flows", ICML 2018.
     """
 
-    order: Tensor
-
     def __init__(
         self,
         features: int,
@@ -178,69 +253,12 @@ class DSFAutoregressive(Transform):
         delta: float = 1e-6,
         max_bisection_iters: int = 400,
     ) -> None:
-        super().__init__()
-        if features < 1 or units < 1 or depth < 1:
-            raise ValueError(
-                f"DSFAutoregressive needs features >= 1, units >= 1 and depth >= 1, got {features}, {units}, {depth}"
-            )
-        if not 0 < delta < 1:
-            raise ValueError(f"delta must be in (0, 1), got {delta}")
-        self.features, self.units, self.depth, self.delta = features, units, depth, float(delta)
+        if features < 1:
+            raise ConfigError(f"DSFAutoregressive needs features >= 1, got {features}")
+        dsf = DSFMap(units, depth, delta, max_bisection_iters)
+        super().__init__(features, dsf, hidden, act, context_features, order, zero_init_last=False)
+        self.units, self.depth, self.delta = units, depth, float(delta)
         self.max_bisection_iters = int(max_bisection_iters)
-        order_t = torch.arange(features) if order is None else torch.as_tensor(list(order), dtype=torch.long)
-        if sorted(order_t.tolist()) != list(range(features)):
-            raise ValueError(f"order must be a permutation of range({features}), got {order_t.tolist()}")
-        self.register_buffer("order", order_t)
-        self.made = MADE(
-            features, dsf_params_per_feature(units, depth), hidden, context_features, order_t.tolist(), act
-        )
-
-    def _check(self, x: Tensor) -> None:
-        if x.ndim != 2 or x.shape[1] != self.features:
-            raise ValueError(f"DSFAutoregressive over {self.features} features got a batch of shape {tuple(x.shape)}")
-
-    def _params(self, x: Tensor, context: Tensor | None) -> Tensor:
-        return self.made(x, context).reshape(x.shape[0], self.features, self.depth, 3, self.units)
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(x)
-        z, ladj = sigmoidal_flow(x, self._params(x, context), self.delta)
-        return z, ladj.sum(dim=1)
-
-    def image_bound(self, params: Tensor) -> Tensor:
-        """Supremum :math:`f(+\\infty)` for pseudo-parameters ``(*S, depth, 3, n)``; the infimum is
-        :math:`f(-\\infty)`. Returns ``(lower, upper)`` stacked on a new first axis."""
-        big = math.sqrt(torch.finfo(params.dtype).max)
-        x = torch.full(params.shape[:-3], big, dtype=params.dtype, device=params.device)
-        return torch.stack([sigmoidal_flow(-x, params, self.delta)[0], sigmoidal_flow(x, params, self.delta)[0]])
-
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(z)
-        x = torch.zeros_like(z)
-        with torch.no_grad():
-            for i in self.order.tolist():
-                # x_{<i} is already exact, so the pseudo-parameters of coordinate i are too
-                p = self._params(x, context)[:, i]
-                zi = z[:, i]
-                lo, hi = self.image_bound(p)
-                outside = (zi <= lo) | (zi >= hi) | ~torch.isfinite(zi)
-                if outside.any():
-                    k = int(outside.nonzero()[0, 0])
-                    raise InputOutsideDomain(
-                        f"z[{k}, {i}] = {float(zi[k]):.6g} is outside the image ({float(lo[k]):.6g}, "
-                        f"{float(hi[k]):.6g}) of the sigmoidal flow: with delta={self.delta} each DSF layer "
-                        "maps R onto a bounded interval"
-                    )
-                x[:, i] = solve_increasing(
-                    lambda xi, p=p: sigmoidal_flow(xi, p, self.delta)[0],
-                    zi,
-                    max_iters=self.max_bisection_iters,
-                    error="could not bracket the inverse of the sigmoidal flow",
-                    owner=f"{type(self).__name__} (coordinate {i})",
-                )
-        y_back, ladj = self(x, context)  # the log-determinant, and the residual check, in one pass
-        check_round_trip(y_back, z, owner=type(self).__name__)
-        return x, -ladj
 
     def extra_repr(self) -> str:
         return f"features={self.features}, units={self.units}, depth={self.depth}, delta={self.delta}"

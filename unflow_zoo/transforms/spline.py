@@ -35,13 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from unflow_zoo.core.transform import Transform
-from unflow_zoo.nn.made import MADE
-from unflow_zoo.nn.mlp import MLP
+from unflow_zoo.errors import ConfigError
+from unflow_zoo.transforms.autoregressive import MaskedAutoregressive
+from unflow_zoo.transforms.coupling import Coupling
+from unflow_zoo.transforms.univariate import Univariate
 
 __all__ = [
     "RQSAutoregressive",
     "RQSCoupling",
+    "RQSMap",
     "rational_quadratic_spline",
     "spline_knots",
     "spline_params_per_feature",
@@ -113,8 +115,10 @@ def rational_quadratic_spline(
             0 means slope 1, the slopes at :math:`\pm B` are 1.
         inverse: evaluate :math:`g^{-1}` instead of :math:`g`.
         tail_bound: :math:`B`; the spline acts on :math:`[-B, B]` (both ends included).
-        min_bin_width, min_bin_height, min_derivative: lower bounds that keep the
-            spline away from degenerate (non-invertible in floating point) shapes.
+        min_bin_width: lower bound of a bin's width, so that the spline stays away from
+            degenerate (non-invertible in floating point) shapes.
+        min_bin_height: lower bound of a bin's height, likewise.
+        min_derivative: lower bound of the slope at a knot, likewise.
 
     Returns:
         ``(outputs, logabsdet)``, both of shape ``S``: :math:`g(x)` and
@@ -226,19 +230,50 @@ def _split(p: Tensor, bins: int) -> tuple[Tensor, Tensor, Tensor]:
     return p[..., :bins], p[..., bins : 2 * bins], p[..., 2 * bins :]
 
 
-class RQSCoupling(Transform):
+class RQSMap(Univariate):
+    """The rational-quadratic spline as a univariate map: ``3K - 1`` parameters per coordinate
+    (:func:`spline_params_per_feature`), identity outside :math:`[-B, B]`, exact inverse.
+
+    Args:
+        bins: :math:`K`, the number of spline bins.
+        tail_bound: :math:`B`.
+    """
+
+    def __init__(self, bins: int = 8, tail_bound: float = 4.0) -> None:
+        super().__init__()
+        if bins < 1 or not tail_bound > 0:
+            raise ConfigError(f"a spline needs bins >= 1 and tail_bound > 0, got {bins}, {tail_bound}")
+        self.bins, self.tail_bound = bins, float(tail_bound)
+        self.n_params = spline_params_per_feature(bins)
+
+    def _spline(self, x: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        w, h, d = _split(params, self.bins)
+        return rational_quadratic_spline(x, w, h, d, inverse=inverse, tail_bound=self.tail_bound)
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self._spline(x, params, inverse=False)
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self._spline(y, params, inverse=True)
+
+    def extra_repr(self) -> str:
+        return f"bins={self.bins}, tail_bound={self.tail_bound}"
+
+
+class RQSCoupling(Coupling):
     r"""Rational-quadratic spline coupling layer on ``(B, D)`` batches.
 
     A binary mask splits :math:`x` into a conditioning part :math:`x_A` and a
     transformed part :math:`x_B`; each coordinate of :math:`x_B` goes through
     its own monotone RQS with ``bins`` bins on :math:`[-B, B]` (identity outside),
-    whose :math:`3K - 1` parameters an MLP computes from :math:`x_A`:
+    whose :math:`3K - 1` parameters an MLP computes from :math:`x_A` (and the context):
 
     .. math:: y_A = x_A, \qquad y_{B,i} = g_{\theta_i(x_A)}(x_{B,i}),
               \qquad \log|\det J| = \textstyle\sum_i \log g'_{\theta_i}(x_{B,i}).
 
     The MLP's last layer starts at zero, which makes the layer the identity at
     initialisation. The inverse is exact (closed-form quadratic root).
+    :class:`~unflow_zoo.transforms.coupling.Coupling` with :class:`RQSMap`.
 
     Args:
         mask: booleans, ``True`` for the conditioning features (some but not all).
@@ -253,9 +288,6 @@ class RQSCoupling(Transform):
         Dinh, Sohl-Dickstein & Bengio, "Density estimation using Real NVP", ICLR 2017.
     """
 
-    mask: Tensor
-    free_idx: Tensor
-
     def __init__(
         self,
         mask: Tensor | Sequence[bool],
@@ -265,53 +297,18 @@ class RQSCoupling(Transform):
         act: str = "relu",
         context_features: int = 0,
     ) -> None:
-        super().__init__()
-        mask = torch.as_tensor(mask, dtype=torch.bool)
-        if mask.ndim != 1 or not mask.any() or mask.all():
-            raise ValueError(
-                f"coupling mask must select some but not all features, got {mask.tolist()}; "
-                "a coupling layer needs D >= 2 features (use RQSAutoregressive for D = 1)"
-            )
-        if bins < 1 or not tail_bound > 0:
-            raise ValueError(f"RQSCoupling needs bins >= 1 and tail_bound > 0, got {bins}, {tail_bound}")
-        self.features, self.bins, self.tail_bound = len(mask), bins, float(tail_bound)
-        self.register_buffer("mask", mask.to(torch.get_default_dtype()))
-        self.register_buffer("free_idx", torch.nonzero(~mask).flatten())
-        self.n_params = spline_params_per_feature(bins)
-        self.net = MLP(
-            self.features + context_features, len(self.free_idx) * self.n_params, hidden, act, zero_init_last=True
-        )
-
-    def _check(self, x: Tensor) -> None:
-        if x.ndim != 2 or x.shape[1] != self.features:
-            raise ValueError(f"RQSCoupling over {self.features} features got a batch of shape {tuple(x.shape)}")
-
-    def _couple(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
-        self._check(x)
-        h = x * self.mask
-        if context is not None:
-            h = torch.cat([h, context], dim=1)
-        p = self.net(h).reshape(x.shape[0], len(self.free_idx), self.n_params)
-        w, hh, d = _split(p, self.bins)
-        x_free = x.index_select(1, self.free_idx)
-        y_free, ladj = rational_quadratic_spline(x_free, w, hh, d, inverse=inverse, tail_bound=self.tail_bound)
-        return x.index_copy(1, self.free_idx, y_free), ladj.sum(dim=1)
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._couple(x, context, inverse=False)
-
-    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._couple(y, context, inverse=True)
+        super().__init__(mask, RQSMap(bins, tail_bound), hidden, act, context_features)
+        self.bins, self.tail_bound = bins, float(tail_bound)
 
     def extra_repr(self) -> str:
-        return f"features={self.features}, bins={self.bins}, tail_bound={self.tail_bound}"
+        return f"{super().extra_repr()}, bins={self.bins}, tail_bound={self.tail_bound}"
 
 
-class RQSAutoregressive(Transform):
+class RQSAutoregressive(MaskedAutoregressive):
     r"""Autoregressive rational-quadratic spline layer (RQ-NSF (AR)).
 
     Each coordinate goes through its own monotone RQS whose :math:`3K - 1`
-    parameters a MADE computes from the preceding coordinates:
+    parameters a MADE computes from the preceding coordinates (and the context):
 
     .. math:: z_i = g_{\theta_i(x_{<i})}(x_i), \qquad
               \log|\det J| = \textstyle\sum_i \log g'_{\theta_i(x_{<i})}(x_i).
@@ -319,6 +316,7 @@ class RQSAutoregressive(Transform):
     The density direction (data -> noise) is one MADE pass; the inverse
     (sampling) needs ``D`` sequential passes, each exact up to floating point.
     The MADE's output layer starts at zero: the identity at initialisation.
+    :class:`~unflow_zoo.transforms.autoregressive.MaskedAutoregressive` with :class:`RQSMap`.
 
     Args:
         features: :math:`D`.
@@ -345,39 +343,10 @@ class RQSAutoregressive(Transform):
         context_features: int = 0,
         order: Sequence[int] | None = None,
     ) -> None:
-        super().__init__()
-        if features < 1 or bins < 1 or not tail_bound > 0:
-            raise ValueError(
-                "RQSAutoregressive needs features >= 1, bins >= 1 and tail_bound > 0, "
-                f"got {features}, {bins}, {tail_bound}"
-            )
-        self.features, self.bins, self.tail_bound = features, bins, float(tail_bound)
-        self.made = MADE(
-            features, spline_params_per_feature(bins), hidden, context_features, order, act, zero_init_last=True
-        )
-
-    def _check(self, x: Tensor) -> None:
-        if x.ndim != 2 or x.shape[1] != self.features:
-            raise ValueError(f"RQSAutoregressive over {self.features} features got a batch of shape {tuple(x.shape)}")
-
-    def _spline(self, x: Tensor, cond: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
-        w, h, d = _split(self.made(cond, context), self.bins)
-        return rational_quadratic_spline(x, w, h, d, inverse=inverse, tail_bound=self.tail_bound)
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(x)
-        z, ladj = self._spline(x, x, context, inverse=False)
-        return z, ladj.sum(dim=1)
-
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(z)
-        x = torch.zeros_like(z)
-        ladj = z.new_zeros(z.shape)
-        # After pass t the first t + 1 features in the order are exact: each one's spline
-        # depends only on features before it. The last pass is exact for all of them.
-        for _ in range(self.features):
-            x, ladj = self._spline(z, x, context, inverse=True)
-        return x, ladj.sum(dim=1)
+        if features < 1:
+            raise ConfigError(f"RQSAutoregressive needs features >= 1, got {features}")
+        super().__init__(features, RQSMap(bins, tail_bound), hidden, act, context_features, order)
+        self.bins, self.tail_bound = bins, float(tail_bound)
 
     def extra_repr(self) -> str:
-        return f"features={self.features}, bins={self.bins}, tail_bound={self.tail_bound}"
+        return f"{super().extra_repr()}, bins={self.bins}, tail_bound={self.tail_bound}"
