@@ -93,6 +93,31 @@ def write_readme(body: str, path: Path = ROOT / "README.md", marks: tuple[str, s
     path.write_text(f"{head}{start}\n{body}\n{end}{tail}")
 
 
+def _page(conditional: bool, body: str) -> str:
+    """docs/toys.md or docs/conditional_toys.md around the table ``body``."""
+    how = (
+        "which runs each family's shipped config `configs/<family>/<toy>.yaml` with `unflow-zoo fit`, one thread "
+        "per run. "
+    )
+    if conditional:
+        return (
+            "# Every family on the conditional toys\n\n"
+            "Flows of p(x | c), trained on pairs (x, c). Gap = test NLL minus the true conditional entropy on "
+            "the same held-out pairs (an estimate of E_c KL(p(. | c) || q(. | c)); 0 is perfect), from "
+            f"`python scripts/toy_table.py --conditional`, {how}"
+            f"Target: within {TARGET_GAP} nats (`linear` is the affine baseline: a context-dependent shift "
+            "and scale of one Gaussian cannot make two modes).\n\n"
+            f"{body}\n"
+        )
+    return (
+        "# Every family on the 2-D toys\n\n"
+        "Gap = test NLL minus the true entropy on the same held-out points (an estimate of KL(p || q); "
+        f"0 is perfect), from `python scripts/toy_table.py`, {how}"
+        f"Target: within {TARGET_GAP} nats (`linear` is the affine baseline and cannot get there).\n\n"
+        f"{body}\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", nargs="*", default=None, help="default: every family with toy configs")
@@ -122,30 +147,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
             print(f"{family:14s} {toy:20s} gap {r['test_kl']:.4f} nats  nll {r['test_nll']:.4f}  {r['seconds']:.0f} s")
     body = table(results, toys)
     print(body)
-    if not args.no_write and args.conditional:
+    if not args.no_write:
         store.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-        (ROOT / "docs" / "conditional_toys.md").write_text(
-            "# Every family on the conditional toys\n\n"
-            "Flows of p(x | c), trained on pairs (x, c). Gap = test NLL minus the true conditional entropy on "
-            "the same held-out pairs (an estimate of E_c KL(p(. | c) || q(. | c)); 0 is perfect), from "
-            "`python scripts/toy_table.py --conditional`, which runs each family's shipped config "
-            "`configs/<family>/<toy>.yaml` with `unflow-zoo fit`, one thread per run. "
-            f"Target: within {TARGET_GAP} nats (`linear` is the affine baseline: a context-dependent shift "
-            "and scale of one Gaussian cannot make two modes).\n\n"
-            f"{body}\n"
+        page, marks = (
+            ("conditional_toys.md", CONDITIONAL_MARKS) if args.conditional else ("toys.md", (MARK_START, MARK_END))
         )
-        write_readme(body, marks=CONDITIONAL_MARKS)
-    elif not args.no_write:
-        store.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-        (ROOT / "docs" / "toys.md").write_text(
-            "# Every family on the 2-D toys\n\n"
-            "Gap = test NLL minus the true entropy on the same held-out points (an estimate of KL(p || q); "
-            "0 is perfect), from `python scripts/toy_table.py`, which runs each family's shipped config "
-            "`configs/<family>/<toy>.yaml` with `unflow-zoo fit`, one thread per run. "
-            f"Target: within {TARGET_GAP} nats (`linear` is the affine baseline and cannot get there).\n\n"
-            f"{body}\n"
-        )
-        write_readme(body)
+        (ROOT / "docs" / page).write_text(_page(args.conditional, body))
+        write_readme(body, marks=marks)
     return results
 
 

@@ -52,3 +52,24 @@ def _two_moons(n: int, seed: int) -> torch.Tensor:
 @pytest.fixture
 def two_moons():
     return _two_moons
+
+
+def set_hf_offline(monkeypatch: pytest.MonkeyPatch, offline: bool) -> None:
+    """Hugging Face offline mode on or off for one test: the ``HF_HUB_OFFLINE`` variable *and* the
+    constants huggingface_hub and datasets read from it once, when first imported (so a test that only
+    sets the variable would depend on whether an earlier test imported them first)."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", offline)
+
+
+@pytest.fixture
+def hf_offline(monkeypatch: pytest.MonkeyPatch):
+    """``hf_offline(True | False)``: :func:`set_hf_offline` for this test."""
+    return lambda offline: set_hf_offline(monkeypatch, offline)

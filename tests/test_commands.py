@@ -23,10 +23,10 @@ TWO_D = "nsf-moons"
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
+def _isolated(monkeypatch, tmp_path, hf_offline):
     monkeypatch.setenv("UNFLOW_ZOO_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("UNFLOW_ZOO_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the commands never need the network here
+    hf_offline(True)  # the commands never need the network here
     monkeypatch.setattr(sys, "argv", ["unflow-zoo"])  # LightningCLI warns about pytest's own argv
 
 
@@ -142,23 +142,27 @@ def test_evaluate_ood_against_another_data_set(capsys):
 
 
 # ----- export and evaluate of a Lightning checkpoint ------------------------------------------------
-@pytest.fixture(scope="module")
-def fitted_ckpt(tmp_path_factory):
-    """A .ckpt from a 1-epoch ``unflow-zoo fit`` (LightningCLI: it records the class and the data module)."""
-    root = tmp_path_factory.mktemp("fit")
+def _fit_ckpt(root: Path, config: str, *extra: str) -> Path:
+    """The last.ckpt of a 1-epoch, 3-batch ``unflow-zoo fit`` of ``config`` under ``root``."""
     old, sys.argv = sys.argv, ["unflow-zoo"]
     try:
         main([
-            "fit", "--config", str(ROOT / "configs/maf/moons.yaml"), "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1", "--data.n_samples=600",
-            "--trainer.check_val_every_n_epoch=1",
-            "--data.standardize=true", f"--trainer.default_root_dir={root}", "--plot.enabled=false",
-            "--trainer.enable_progress_bar=false", "--test_after_fit=false", "--trainer.accelerator=cpu",
+            "fit", "--config", str(ROOT / config), "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
+            "--trainer.limit_val_batches=1", "--data.n_samples=600", f"--trainer.default_root_dir={root}",
+            "--plot.enabled=false", "--trainer.enable_progress_bar=false", "--test_after_fit=false",
+            "--trainer.accelerator=cpu", *extra,
         ])  # fmt: skip
     finally:
         sys.argv = old
     (ckpt,) = root.rglob("last.ckpt")  # (next to the latest epoch's own file)
     return ckpt
+
+
+@pytest.fixture(scope="module")
+def fitted_ckpt(tmp_path_factory):
+    """A .ckpt from a 1-epoch ``unflow-zoo fit`` (LightningCLI: it records the class and the data module)."""
+    root = tmp_path_factory.mktemp("fit")
+    return _fit_ckpt(root, "configs/maf/moons.yaml", "--trainer.check_val_every_n_epoch=1", "--data.standardize=true")
 
 
 def test_export_of_a_fitted_ckpt_is_loadable_and_evaluates_the_same(fitted_ckpt, tmp_path, capsys):
@@ -266,19 +270,7 @@ def test_evaluate_ood_on_digits(kind, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def conditional_ckpt(tmp_path_factory):
     """A .ckpt of a conditional MAF from a 1-epoch ``unflow-zoo fit`` of the shipped by-label config."""
-    root = tmp_path_factory.mktemp("fit-conditional")
-    old, sys.argv = sys.argv, ["unflow-zoo"]
-    try:
-        main([
-            "fit", "--config", str(ROOT / "configs/maf/8gaussians-by-label.yaml"), "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1", "--data.n_samples=600",
-            f"--trainer.default_root_dir={root}", "--plot.enabled=false", "--trainer.enable_progress_bar=false",
-            "--test_after_fit=false", "--trainer.accelerator=cpu",
-        ])  # fmt: skip
-    finally:
-        sys.argv = old
-    (ckpt,) = root.rglob("last.ckpt")
-    return ckpt
+    return _fit_ckpt(tmp_path_factory.mktemp("fit-conditional"), "configs/maf/8gaussians-by-label.yaml")
 
 
 def test_sample_with_a_context(conditional_ckpt, tmp_path, capsys):

@@ -30,10 +30,10 @@ TINY_MAF = {"n_layers": 1, "hidden": [4]}
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
+def _isolated(monkeypatch, tmp_path, hf_offline):
     monkeypatch.setenv("UNFLOW_ZOO_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # where torch.hub stores URL checkpoints
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hf_offline(True)
     monkeypatch.delenv("UNFLOW_ZOO_TRACEBACK", raising=False)
     monkeypatch.setattr(sys, "argv", ["unflow-zoo"])
 
@@ -243,7 +243,7 @@ def test_where_data_live_is_the_callers_choice(pretrained_folder, tmp_path):
         rebuild_datamodule(load_pretrained(pretrained_folder).pretrained_config)
 
 
-def test_a_zip_by_url_with_a_malicious_record_is_refused(pretrained_folder, tmp_path, capsys, monkeypatch):
+def test_a_zip_by_url_with_a_malicious_record_is_refused(pretrained_folder, tmp_path, capsys, hf_offline):
     target = tmp_path / "written-by-zip.pth"
     _set_data(pretrained_folder, json.loads(json.dumps(DOWNLOADER).replace("PLACEHOLDER", str(target))))
     archive = tmp_path / "evil.zip"
@@ -251,6 +251,6 @@ def test_a_zip_by_url_with_a_malicious_record_is_refused(pretrained_folder, tmp_
         for name in ("config.json", "model.safetensors"):
             zf.write(pretrained_folder / name, name)
     shutil.rmtree(pretrained_folder)
-    monkeypatch.delenv("HF_HUB_OFFLINE")
+    hf_offline(False)  # a file:// URL is fetched like any download
     _cli_refuses(["evaluate", "--pretrained", archive.as_uri()], capsys, "refusing to rebuild")
     assert not target.exists()

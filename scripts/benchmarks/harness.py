@@ -157,6 +157,21 @@ def measure(
                   max(peak, 0.0), float(nll - entropy), budget, note)  # fmt: skip
 
 
+#: (suite, implementation, reason) of every case that did not run: reports list them, never silently
+SKIPPED: list[tuple[str, str, str]] = []
+
+
+def _skip(suite: str, case: dict[str, Any], reason: str) -> None:
+    print(f"  {suite} {case}: skipped ({reason})", file=sys.stderr)
+    SKIPPED.append((suite, str(case.get("impl") or case.get("model") or case), reason))
+
+
+def skipped_note(suite: str) -> str:
+    """A report's closing line naming the cases of ``suite`` that did not run and why ("" if none)."""
+    rows = [f"{impl} ({reason})" for s, impl, reason in SKIPPED if s == suite]
+    return "\n\nNot run: " + "; ".join(rows) + "." if rows else ""
+
+
 def run_case(suite: str, case: dict[str, Any], timeout: float = 3600, threads: int = 1) -> Result | None:
     """Run ``suite``'s worker on ``case`` in a fresh process; ``None`` (with the reason on
     stderr) when the implementation is missing or fails."""
@@ -167,11 +182,11 @@ def run_case(suite: str, case: dict[str, Any], timeout: float = 3600, threads: i
     try:
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
-        print(f"  {suite} {case}: skipped (timed out after {timeout:.0f} s)", file=sys.stderr)
+        _skip(suite, case, f"timed out after {timeout:.0f} s")
         return None
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
-        print(f"  {suite} {case}: skipped ({tail[0][:300]})", file=sys.stderr)
+        _skip(suite, case, tail[0][:300])
         return None
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     data["case"] = case

@@ -287,26 +287,34 @@ class Flow(nn.Module):
             embedded = self._embed(context.unsqueeze(0) if context.ndim == 1 else context)
             assert embedded is not None
             context = embedded.expand(n, -1) if context.ndim == 1 else embedded.repeat(n, 1)
-        z, x, ladj_inv = self._draw_and_invert(rows, context, temperature)
+        z, x, ladj_inv = self._draw_and_invert(rows, context, temperature, with_log_det=with_log_prob)
         x = x.reshape(*lead, *self.event_shape)
         if not with_log_prob:
             return x, None
         # the model's density of the draw: p_Z at z itself, whatever temperature drew it
         return x, (self.base.log_prob(z, context) - ladj_inv).reshape(lead)
 
-    def _draw_and_invert(self, rows: int, context: Tensor | None, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
+    def _draw_and_invert(
+        self, rows: int, context: Tensor | None, temperature: float, with_log_det: bool = True
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """``rows`` base draws ``z`` (times the temperature), their preimages and the inverse
         log-determinants. A draw outside the bounded image of a transform (NAF's sigmoidal layers,
         reported through :func:`~unflow_zoo.core.transform.collect_outside`) is redrawn: rejection
         sampling from the base restricted to what the flow can map back, which is exactly the model's
-        distribution (the rejected mass is what the flow gives no density to)."""
+        distribution (the rejected mass is what the flow gives no density to). Without ``with_log_det``
+        the transforms' :meth:`~unflow_zoo.core.transform.Transform.invert` runs (no log-determinant:
+        a continuous flow skips its trace) and the log-determinants returned are zeros."""
 
         def attempt(k: int, ctx: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
             z = self.base.sample(k, ctx)
             if temperature != 1.0:
                 z = z * temperature
             with collect_outside(k, z.device) as outside:
-                x, ladj_inv = self.transform.inverse(z, ctx)
+                if with_log_det:
+                    x, ladj_inv = self.transform.inverse(z, ctx)
+                else:
+                    x = self.transform.invert(z, ctx)
+                    ladj_inv = z.new_zeros(k)
             return z, x, ladj_inv, outside[0]
 
         z, x, ladj_inv, bad = attempt(rows, context)

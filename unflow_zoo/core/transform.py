@@ -135,6 +135,11 @@ class Transform(nn.Module):
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError(f"{type(self).__name__} does not implement inverse()")
 
+    def invert(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        """The inverse without its log-determinant: what sampling needs. ``inverse(y)[0]`` unless the
+        log-determinant costs extra work (a continuous flow's trace), which a subclass then skips."""
+        return self.inverse(y, context)[0]
+
 
 class Compose(Transform):
     """Apply transforms in order: ``Compose(t1, t2)(x) = t2(t1(x))``.
@@ -165,6 +170,11 @@ class Compose(Transform):
             total = total + ladj
         return y, total
 
+    def invert(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        for t in reversed(self.transforms):
+            y = t.invert(y, context)
+        return y
+
     def __len__(self) -> int:
         return len(self.transforms)
 
@@ -184,6 +194,9 @@ class Inverse(Transform):
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self.base_transform(y, context)
+
+    def invert(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.base_transform(y, context)[0]
 
 
 class Permutation(Transform):

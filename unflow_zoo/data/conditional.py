@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from unflow_zoo.data.synthetic import EightGaussians
-from unflow_zoo.errors import ConfigError, DataError, DataTypeError
+from unflow_zoo.data.synthetic import EightGaussians, check_draw
+from unflow_zoo.errors import ConfigError, DataError
 
 __all__ = [
     "CONDITIONAL_SOURCES",
@@ -67,17 +67,11 @@ class ConditionalSource(ABC):
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``n`` pairs: ``x`` ``(n, dim)`` and ``c`` ``(n, context_dim)``, float64."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ConfigError(f"{self.name}: n must be a positive int, got {n!r}")
-        if not isinstance(rng, np.random.Generator):
-            raise DataTypeError(
-                f"{self.name}: rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
-                f"got {type(rng).__name__}"
-            )
-        x, c = self._sample(int(n), rng)
+        n = check_draw(self.name, n, rng)
+        x, c = self._sample(n, rng)
         return (
-            np.asarray(x, dtype=np.float64).reshape(int(n), self.dim),
-            np.asarray(c, dtype=np.float64).reshape(int(n), self.context_dim),
+            np.asarray(x, dtype=np.float64).reshape(n, self.dim),
+            np.asarray(c, dtype=np.float64).reshape(n, self.context_dim),
         )
 
     def log_prob(self, x: Tensor, c: Tensor) -> Tensor:

@@ -42,10 +42,23 @@ __all__ = [
     "StudentTCopula",
     "SwissRoll",
     "TwoSpirals",
+    "check_draw",
     "checkerboard_log_prob",
     "get_source",
     "source_names",
 ]
+
+
+def check_draw(name: str, n: object, rng: object) -> int:
+    """``n`` as an int for a source called ``name``; a clear error unless ``n`` is a positive int and
+    ``rng`` a NumPy ``Generator`` (every source draws from one, so a data set is a function of its seed)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ConfigError(f"{name}: n must be a positive int, got {n!r}")
+    if not isinstance(rng, np.random.Generator):
+        raise DataTypeError(
+            f"{name}: rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}"
+        )
+    return int(n)
 
 
 class Source(ABC):
@@ -65,15 +78,9 @@ class Source(ABC):
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """Draw ``n`` points, an ``(n, dim)`` float64 array; the same ``rng`` state gives the same points."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ConfigError(f"{self.name}: n must be a positive int, got {n!r}")
-        if not isinstance(rng, np.random.Generator):
-            raise DataTypeError(
-                f"{self.name}: rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
-                f"got {type(rng).__name__}"
-            )
-        x = np.asarray(self._sample(int(n), rng), dtype=np.float64)
-        return x.reshape(int(n), self.dim)
+        n = check_draw(self.name, n, rng)
+        x = np.asarray(self._sample(n, rng), dtype=np.float64)
+        return x.reshape(n, self.dim)
 
     def log_prob(self, x: Tensor) -> Tensor | None:
         """True log-density at ``x`` of shape ``(n, dim)``, in float64, shape ``(n,)``; ``None`` when unknown."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -13,33 +14,17 @@ from torchmetrics import MeanMetric, SumMetric
 
 from unflow_zoo.core.distributions import BaseDistribution, make_base
 from unflow_zoo.core.flow import Flow, FlowDistribution
-from unflow_zoo.core.transform import Compose, Permutation, Transform
 from unflow_zoo.errors import ConfigError, DataError, DataTypeError, DivergenceError
+from unflow_zoo.flows import validate as v
+from unflow_zoo.flows.common import context_embedding_net, stack_with_permutations
+from unflow_zoo.flows.common import vector_features as _vector_features
 from unflow_zoo.metrics import bits_per_dim, fit_gaussian
-from unflow_zoo.models import validate as v
 from unflow_zoo.models.pretrained_io import pretrained_io
-from unflow_zoo.nn.mlp import MLP
 
 __all__ = ["FlowModule", "stack_with_permutations"]
 
-
-def stack_with_permutations(
-    make_layer: Callable[[int], Transform], n_layers: int, features: int, permutation: str = "reverse"
-) -> Compose:
-    """``n_layers`` transforms from ``make_layer(k)``, with the feature order reversed (or
-    permuted at random, seeded by ``k``) between consecutive ones, so that every feature
-    gets to condition on every other. No permutation for a single feature."""
-    if n_layers < 1:
-        raise ConfigError(f"n_layers must be >= 1, got {n_layers}")
-    if permutation not in ("reverse", "random"):
-        raise ConfigError(f"unknown permutation {permutation!r}; choose 'reverse' or 'random'")
-    layers: list[Transform] = []
-    for k in range(n_layers):
-        if k > 0 and features > 1:
-            perm = Permutation.reverse(features) if permutation == "reverse" else Permutation.random(features, seed=k)
-            layers.append(perm)
-        layers.append(make_layer(k))
-    return Compose(layers)
+#: the builder arguments a FlowModule supplies itself (see :meth:`FlowModule.build_with`)
+_SUPPLIED = ("event_shape", "base", "context_features", "context_embedding")
 
 
 def _at_least_float32(t: Tensor) -> Tensor:
@@ -77,6 +62,10 @@ class FlowModule(L.LightningModule):
 
             def build_flow(self) -> Flow:
                 return Flow(MyTransform(self.hparams.hidden), self.make_base())
+
+    The package's own families build their flow with the family's Lightning-free builder
+    (``unflow_zoo.flows``, e.g. ``unflow_zoo.flows.build("maf", event_shape=(2,))``) through
+    :meth:`build_with`, so ``model.flow`` is the plain torch module that builder returns.
 
     Validation and test also log, where the trainer's data module knows:
 
@@ -218,7 +207,46 @@ class FlowModule(L.LightningModule):
 
     # ----- the hook a family writes -------------------------------------------------
     def build_flow(self) -> Flow:
+        """The flow this module trains, built once, in ``__init__``; the method a family writes.
+
+        A family of the package calls its Lightning-free builder (:mod:`unflow_zoo.flows`) through
+        :meth:`build_with`; a subclass may override this to build any
+        :class:`~unflow_zoo.core.flow.Flow`, reading its hyper-parameters from ``self.hparams``.
+        ``FlowModule`` then declares the context on it and attaches :meth:`make_context_embedding`.
+
+        Returns:
+            The flow.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement build_flow() -> Flow")
+
+    def build_with(self, builder: Callable[..., Flow], **overrides: Any) -> Flow:
+        """``builder(event_shape, **hparams)`` with this module's hyper-parameters and hooks.
+
+        Every keyword argument of ``builder`` found in ``self.hparams`` is passed on (one that is
+        not, as in a checkpoint saved before the hyper-parameter existed, keeps the builder's
+        default), except four that come from the hooks: ``event_shape`` is :attr:`event_shape`,
+        ``base`` is :meth:`make_base`, ``context_features`` is :attr:`flow_context_features` (the
+        width the conditioners see) and ``context_embedding`` is None, since ``FlowModule``
+        attaches :meth:`make_context_embedding` to the flow itself. The module's flow is then
+        ``unflow_zoo.flows.build(name, **hparams)``'s, weight for weight under the same seed.
+
+        Args:
+            builder: a flow builder, e.g. :func:`unflow_zoo.flows.maf.maf`.
+            **overrides: keyword arguments that replace those taken from the module.
+
+        Returns:
+            The flow.
+        """
+        params = inspect.signature(builder).parameters
+        kwargs: dict[str, Any] = {k: self.hparams[k] for k in params if k not in _SUPPLIED and k in self.hparams}
+        supplied = {
+            "base": self.make_base(),
+            "context_features": self.flow_context_features,
+            "context_embedding": None,
+        }
+        kwargs.update({k: value for k, value in supplied.items() if k in params})
+        kwargs.update(overrides)
+        return builder(self.event_shape, **kwargs)
 
     @property
     def flow_context_features(self) -> int:
@@ -232,10 +260,9 @@ class FlowModule(L.LightningModule):
         """The network applied to the context before the conditioners (see ``context_embedding``);
         None for none. Override it to embed the context with any module whose output width is
         :attr:`flow_context_features`."""
-        widths = self.hparams.get("context_embedding")
-        if not widths:
-            return None
-        return MLP(int(self.hparams.context_features), int(widths[-1]), list(widths[:-1]), "relu")
+        return context_embedding_net(
+            int(self.hparams.get("context_features", 0)), self.hparams.get("context_embedding")
+        )
 
     def make_base(self) -> BaseDistribution:
         """The base distribution named by ``hparams.base`` over ``event_shape``."""
@@ -243,12 +270,7 @@ class FlowModule(L.LightningModule):
 
     def vector_features(self) -> int:
         """``D`` for a family that works on vectors; a clear error for image-shaped events."""
-        if len(self.event_shape) != 1:
-            raise ConfigError(
-                f"{self.registry_name} works on vectors, event_shape (D,); got {self.event_shape}. "
-                "Flatten the data first"
-            )
-        return self.event_shape[0]
+        return _vector_features(self.event_shape, owner=self.registry_name)
 
     def regularization(self) -> Tensor | float:
         """Extra training loss added to the NLL (RNODE penalties and the like)."""

@@ -8,10 +8,10 @@ from typing import Any, Literal
 from torch import Tensor
 
 from unflow_zoo.core.flow import Flow
-from unflow_zoo.models import validate as v
-from unflow_zoo.models.base import FlowModule, stack_with_permutations
+from unflow_zoo.flows.constrained import constrained
+from unflow_zoo.models.base import FlowModule
 from unflow_zoo.models.registry import register_model
-from unflow_zoo.transforms.monotone import INITS, PARAMETER_GROUPS, POSITIVITY, ConstrainedMonotone
+from unflow_zoo.transforms.monotone import PARAMETER_GROUPS, ConstrainedMonotone
 
 __all__ = ["ConstrainedFlow"]
 
@@ -97,41 +97,9 @@ class ConstrainedFlow(FlowModule):
         super().__init__(event_shape=event_shape, **kwargs)
 
     def build_flow(self) -> Flow:
-        hp = self.hparams
-        name = "constrained"
-        width = v.positive_int("width", hp.width, owner=name)
-        depth = v.positive_int("depth", hp.depth, owner=name)
-        positivity = v.one_of("positivity", hp.positivity, POSITIVITY, owner=name)
-        init = v.one_of("init", hp.init, INITS, owner=name)
-        std_a = v.positive_float("std_a", hp.std_a, owner=name)
-        eps = v.positive_float("eps", hp.eps, owner=name, fix="pass a small positive number, e.g. eps=1e-6")
-        linear_term = v.non_negative_float(
-            "linear_term",
-            hp.linear_term,
-            owner=name,
-            fix="pass 0 (the paper's bounded map) or a small slope, e.g. 0.01",
-        )
-        n_layers = v.positive_int("n_layers", hp.n_layers, owner=name)
-        with v.config_errors(name):
-            d = self.vector_features()
-            ctx = self.flow_context_features
-            transform = stack_with_permutations(
-                lambda k: ConstrainedMonotone(
-                    d,
-                    width=width,
-                    depth=depth,
-                    positivity=positivity,
-                    init=init,
-                    std_a=std_a,
-                    eps=eps,
-                    linear_term=linear_term,
-                    train_layers=tuple(hp.train_layers),  # names checked by the transform
-                    context_features=ctx,
-                ),
-                n_layers,
-                d,
-            )
-            return Flow(transform, self.make_base())
+        """The flow of :func:`unflow_zoo.flows.constrained.constrained`, the family's Lightning-free builder, from this
+        module's hyper-parameters and hooks (see :meth:`~unflow_zoo.models.base.FlowModule.build_with`)."""
+        return self.build_with(constrained)
 
     @property
     def blocks(self) -> list[ConstrainedMonotone]:

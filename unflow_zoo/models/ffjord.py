@@ -7,12 +7,10 @@ from typing import Any, Literal
 from torch import Tensor
 
 from unflow_zoo.core.flow import Flow
-from unflow_zoo.core.transform import Compose
-from unflow_zoo.errors import ConfigError
-from unflow_zoo.models import validate as v
+from unflow_zoo.flows.ffjord import ffjord
 from unflow_zoo.models.base import FlowModule
 from unflow_zoo.models.registry import register_model
-from unflow_zoo.transforms.ode import ODENet, ODETransform
+from unflow_zoo.transforms.ode import ODETransform
 
 __all__ = ["FFJORD"]
 
@@ -107,53 +105,9 @@ class FFJORD(FlowModule):
         super().__init__(event_shape=event_shape, **kwargs)
 
     def build_flow(self) -> Flow:
-        hp = self.hparams
-        name = "ffjord"
-        n_blocks = v.positive_int("n_blocks", hp.n_blocks, owner=name)
-        hidden = v.positive_ints(
-            "hidden", hp.hidden, owner=name, allow_empty=False, fix="pass e.g. hidden=[64, 64, 64]"
-        )
-        act = v.one_of("act", hp.act, ("tanh", "softplus", "elu", "silu", "swish"), owner=name)
-        end_time = v.positive_float("end_time", hp.end_time, owner=name, fix="pass e.g. end_time=0.5")
-        atol = v.positive_float("atol", hp.atol, owner=name, fix="pass a small tolerance, e.g. atol=1e-5")
-        rtol = v.positive_float("rtol", hp.rtol, owner=name, fix="pass a small tolerance, e.g. rtol=1e-5")
-        step = hp.train_step_size
-        if step is not None:
-            fix = "pass a step in rescaled time, e.g. train_step_size=0.25 (4 steps per block)"
-            step = v.in_range("train_step_size", step, 0, 1, low_open=True, owner=name, fix=fix)
-        trace = v.one_of("trace", hp.trace, ("auto", "exact", "hutchinson"), owner=name)
-        exact_max = v.non_negative_int("exact_trace_max_dim", hp.exact_trace_max_dim, owner=name)
-        noise = v.one_of("noise", hp.noise, ("gaussian", "rademacher"), owner=name)
-        rnode = "RNODE weights must be >= 0; 0 turns the penalty off"
-        kinetic = v.non_negative_float("kinetic_weight", hp.kinetic_weight, owner=name, fix=rnode)
-        jacobian = v.non_negative_float("jacobian_weight", hp.jacobian_weight, owner=name, fix=rnode)
-        if len(self.event_shape) not in (1, 3):
-            raise ConfigError(
-                f"ffjord takes event_shape (D,) or (C, H, W), got {self.event_shape}; "
-                "flatten the data to (D,) or give images a channel axis"
-            )
-        regularize = kinetic > 0 or jacobian > 0
-        with v.config_errors(name):
-            blocks = [
-                ODETransform(
-                    ODENet(self.event_shape, hidden, act, context_features=self.flow_context_features),
-                    features=self.dim,
-                    end_time=end_time,
-                    train_end_time=hp.train_end_time,
-                    solver=hp.solver,
-                    atol=atol,
-                    rtol=rtol,
-                    train_solver=hp.train_solver,
-                    train_step_size=step,
-                    adjoint=hp.adjoint,
-                    trace=trace,
-                    exact_trace_max_dim=exact_max,
-                    noise=noise,
-                    regularize=regularize,
-                )
-                for _ in range(n_blocks)
-            ]
-            return Flow(Compose(blocks), self.make_base())
+        """The flow of :func:`unflow_zoo.flows.ffjord.ffjord`, the family's Lightning-free builder, from this
+        module's hyper-parameters and hooks (see :meth:`~unflow_zoo.models.base.FlowModule.build_with`)."""
+        return self.build_with(ffjord)
 
     # ----- diagnostics ----------------------------------------------------------------
     @property

@@ -5,13 +5,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from unflow_zoo.core.flow import Flow
-from unflow_zoo.core.transform import Compose, Transform
-from unflow_zoo.errors import ConfigError
-from unflow_zoo.models import validate as v
+from unflow_zoo.flows.glow import glow
 from unflow_zoo.models.base import FlowModule
 from unflow_zoo.models.registry import register_model
-from unflow_zoo.transforms.coupling import AffineCoupling, alternating_mask
-from unflow_zoo.transforms.glow import ActNorm, InvertibleConv1x1, MultiScaleGlow
 
 __all__ = ["Glow"]
 
@@ -83,49 +79,6 @@ class Glow(FlowModule):
         super().__init__(event_shape=event_shape, **kwargs)
 
     def build_flow(self) -> Flow:
-        hp = self.hparams
-        name = "glow"
-        scale_clamp = v.optional_positive_float("scale_clamp", hp.scale_clamp, owner=name)
-        ctx = self.flow_context_features
-        with v.config_errors(name):
-            if len(self.event_shape) == 3:
-                levels = v.positive_int("levels", hp.levels, owner=name)
-                steps_per_level = v.positive_int("steps_per_level", hp.steps_per_level, owner=name)
-                hidden_channels = v.positive_int("hidden_channels", hp.hidden_channels, owner=name)
-                coupling_scale = v.one_of("coupling_scale", hp.coupling_scale, ("sigmoid", "clamp"), owner=name)
-                transform: Transform = MultiScaleGlow(
-                    self.event_shape,  # type: ignore[arg-type]
-                    levels=levels,
-                    steps_per_level=steps_per_level,
-                    hidden_channels=hidden_channels,
-                    split_prior=hp.split_prior,
-                    coupling_scale=coupling_scale,
-                    scale_clamp=scale_clamp,
-                    context_features=ctx,
-                )
-            elif len(self.event_shape) == 1:
-                d = self.event_shape[0]
-                if d < 2:
-                    raise ConfigError(
-                        f"glow couples halves of a vector and needs event_shape (D,) with D >= 2, got ({d},); "
-                        "use maf or nsf for 1-D data"
-                    )
-                n_layers = v.positive_int("n_layers", hp.n_layers, owner=name)
-                hidden = v.positive_ints("hidden", hp.hidden, owner=name)
-                v.mlp_activation("act", hp.act, owner=name)
-                steps: list[Transform] = []
-                for k in range(n_layers):
-                    steps += [
-                        ActNorm(d),
-                        InvertibleConv1x1(d),  # on (B, D) batches exactly an LULinear, rotation start
-                        AffineCoupling(
-                            alternating_mask(d, k % 2), hidden, hp.act, context_features=ctx, scale_clamp=scale_clamp
-                        ),
-                    ]
-                transform = Compose(steps)
-            else:
-                raise ConfigError(
-                    f"glow works on images, event_shape (C, H, W), or vectors, (D,); got {self.event_shape}; "
-                    "flatten the data to (D,) or give images a channel axis"
-                )
-            return Flow(transform, self.make_base())
+        """The flow of :func:`unflow_zoo.flows.glow.glow`, the family's Lightning-free builder, from this
+        module's hyper-parameters and hooks (see :meth:`~unflow_zoo.models.base.FlowModule.build_with`)."""
+        return self.build_with(glow)

@@ -5,12 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from unflow_zoo.core.flow import Flow
-from unflow_zoo.core.transform import Compose
-from unflow_zoo.models import validate as v
-from unflow_zoo.models.base import FlowModule, stack_with_permutations
+from unflow_zoo.flows.linear import linear
+from unflow_zoo.models.base import FlowModule
 from unflow_zoo.models.registry import register_model
-from unflow_zoo.transforms.affine import ConditionalAffine
-from unflow_zoo.transforms.linear import LULinear
 
 __all__ = ["LinearFlow"]
 
@@ -65,13 +62,6 @@ class LinearFlow(FlowModule):
         super().__init__(event_shape=event_shape, **kwargs)
 
     def build_flow(self) -> Flow:
-        n_layers = v.positive_int("n_layers", self.hparams.n_layers, owner="linear")
-        ctx = self.flow_context_features
-        with v.config_errors("linear"):
-            d = self.vector_features()
-            transform = stack_with_permutations(lambda k: LULinear(d), n_layers, d)
-            if ctx:
-                # .get: checkpoints saved before the option existed have no such hyper-parameter
-                hidden = v.positive_ints("context_hidden", self.hparams.get("context_hidden", [64]), owner="linear")
-                transform = Compose([*transform.transforms, ConditionalAffine(d, ctx, hidden)])
-            return Flow(transform, self.make_base())
+        """The flow of :func:`unflow_zoo.flows.linear.linear`, the family's Lightning-free builder, from this
+        module's hyper-parameters and hooks (see :meth:`~unflow_zoo.models.base.FlowModule.build_with`)."""
+        return self.build_with(linear)

@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from unflow_zoo.core.flow import Flow
-from unflow_zoo.core.transform import Compose
-from unflow_zoo.models import validate as v
+from unflow_zoo.flows.maf import maf
 from unflow_zoo.models.base import FlowModule
 from unflow_zoo.models.registry import register_model
-from unflow_zoo.transforms.autoregressive import MaskedAffineAutoregressive
 
 __all__ = ["MaskedAutoregressiveFlow"]
 
@@ -51,19 +49,6 @@ class MaskedAutoregressiveFlow(FlowModule):
         super().__init__(event_shape=event_shape, **kwargs)
 
     def build_flow(self) -> Flow:
-        hp = self.hparams
-        name = "maf"
-        n_layers, hidden, scale_clamp = v.affine_stack(hp, owner=name)
-        with v.config_errors(name):
-            d = self.vector_features()
-            # The autoregressive order alternates inside the MADEs instead of permuting the data between
-            # layers: the same family of densities, without an index-select (and its backward) per layer.
-            reverse = list(range(d - 1, -1, -1))
-            ctx = self.flow_context_features
-            layers = [
-                MaskedAffineAutoregressive(
-                    d, hidden, hp.act, context_features=ctx, scale_clamp=scale_clamp, order=reverse if k % 2 else None
-                )
-                for k in range(n_layers)
-            ]
-            return Flow(Compose(layers), self.make_base())
+        """The flow of :func:`unflow_zoo.flows.maf.maf`, the family's Lightning-free builder, from this
+        module's hyper-parameters and hooks (see :meth:`~unflow_zoo.models.base.FlowModule.build_with`)."""
+        return self.build_with(maf)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from unflow_zoo.core.flow import Flow
-from unflow_zoo.models import validate as v
-from unflow_zoo.models.base import FlowModule, stack_with_permutations
+from unflow_zoo.flows.naf import naf
+from unflow_zoo.models.base import FlowModule
 from unflow_zoo.models.registry import register_model
-from unflow_zoo.transforms.sigmoidal import DSFAutoregressive
 
 __all__ = ["NeuralAutoregressiveFlow"]
 
@@ -73,18 +72,6 @@ class NeuralAutoregressiveFlow(FlowModule):
         super().__init__(event_shape=event_shape, **kwargs)
 
     def build_flow(self) -> Flow:
-        hp = self.hparams
-        name = "naf"
-        n_layers = v.positive_int("n_layers", hp.n_layers, owner=name)
-        hidden = v.positive_ints("hidden", hp.hidden, owner=name)
-        units = v.positive_int("dsf_units", hp.dsf_units, owner=name)
-        depth = v.positive_int("dsf_depth", hp.dsf_depth, owner=name)
-        v.mlp_activation("act", hp.act, owner=name)
-        with v.config_errors(name):
-            d = self.vector_features()
-            ctx = self.flow_context_features
-
-            def make(k: int) -> DSFAutoregressive:
-                return DSFAutoregressive(d, hidden, units, depth, hp.act, context_features=ctx)
-
-            return Flow(stack_with_permutations(make, n_layers, d), self.make_base())
+        """The flow of :func:`unflow_zoo.flows.naf.naf`, the family's Lightning-free builder, from this
+        module's hyper-parameters and hooks (see :meth:`~unflow_zoo.models.base.FlowModule.build_with`)."""
+        return self.build_with(naf)

@@ -5,16 +5,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from unflow_zoo.core.flow import Flow
-from unflow_zoo.errors import ConfigError
-from unflow_zoo.models import validate as v
-from unflow_zoo.models.base import FlowModule, stack_with_permutations
+from unflow_zoo.flows.nsf import nsf
+from unflow_zoo.models.base import FlowModule
 from unflow_zoo.models.registry import register_model
-from unflow_zoo.transforms.coupling import alternating_mask
-from unflow_zoo.transforms.spline import RQSAutoregressive, RQSCoupling
 
 __all__ = ["NeuralSplineFlow"]
-
-MAX_BINS = 999
 
 
 @register_model("nsf")
@@ -74,34 +69,6 @@ class NeuralSplineFlow(FlowModule):
         super().__init__(event_shape=event_shape, **kwargs)
 
     def build_flow(self) -> Flow:
-        hp = self.hparams
-        name = "nsf"
-        variant = v.one_of("variant", hp.variant, ("autoregressive", "coupling"), owner=name)
-        n_layers = v.positive_int("n_layers", hp.n_layers, owner=name)
-        hidden = v.positive_ints("hidden", hp.hidden, owner=name)
-        # every bin is at least 1/1000 of [-B, B] (spline_knots' min_size), so at most 999 of them
-        bins = v.integer("bins", hp.bins, minimum=1, maximum=MAX_BINS, owner=name)
-        tail_bound = v.positive_float("tail_bound", hp.tail_bound, owner=name)
-        v.mlp_activation("act", hp.act, owner=name)
-        with v.config_errors(name):
-            d = self.vector_features()
-            ctx = self.flow_context_features
-            if variant == "coupling":
-                if d < 2:
-                    raise ConfigError(
-                        f"nsf variant='coupling' splits a vector in halves and needs event_shape (D,) with D >= 2, "
-                        f"got ({d},); use variant='autoregressive' for 1-D data"
-                    )
-
-                def make(k: int) -> RQSCoupling:
-                    # For even D the reversal between layers already swaps the even and odd halves
-                    # (alternating the mask as well would undo it); for odd D it does not.
-                    parity = k % 2 if d % 2 else 0
-                    return RQSCoupling(alternating_mask(d, parity), hidden, bins, tail_bound, hp.act, ctx)
-
-            else:
-
-                def make(k: int) -> RQSAutoregressive:  # type: ignore[misc]
-                    return RQSAutoregressive(d, hidden, bins, tail_bound, hp.act, ctx)
-
-            return Flow(stack_with_permutations(make, n_layers, d), self.make_base())
+        """The flow of :func:`unflow_zoo.flows.nsf.nsf`, the family's Lightning-free builder, from this
+        module's hyper-parameters and hooks (see :meth:`~unflow_zoo.models.base.FlowModule.build_with`)."""
+        return self.build_with(nsf)

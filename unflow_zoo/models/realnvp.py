@@ -5,13 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from unflow_zoo.core.flow import Flow
-from unflow_zoo.core.transform import Compose
-from unflow_zoo.errors import ConfigError
-from unflow_zoo.models import validate as v
+from unflow_zoo.flows.realnvp import realnvp
 from unflow_zoo.models.base import FlowModule
 from unflow_zoo.models.registry import register_model
-from unflow_zoo.transforms.coupling import AffineCoupling, alternating_mask
-from unflow_zoo.transforms.gated import GatedAffineCoupling
 
 __all__ = ["RealNVP"]
 
@@ -58,21 +54,6 @@ class RealNVP(FlowModule):
         super().__init__(event_shape=event_shape, **kwargs)
 
     def build_flow(self) -> Flow:
-        hp = self.hparams
-        name = "realnvp"
-        n_layers, hidden, scale_clamp = v.affine_stack(hp, owner=name)
-        with v.config_errors(name):
-            d = self.vector_features()
-            if d < 2:
-                raise ConfigError(
-                    f"realnvp couples halves of a vector and needs event_shape (D,) with D >= 2, got ({d},); "
-                    "use maf or nsf for 1-D data"
-                )
-            # .get: checkpoints saved before the gate option existed have no such hyper-parameter
-            coupling = GatedAffineCoupling if hp.get("gate", False) else AffineCoupling
-            ctx = self.flow_context_features
-            layers = [
-                coupling(alternating_mask(d, k % 2), hidden, hp.act, context_features=ctx, scale_clamp=scale_clamp)
-                for k in range(n_layers)
-            ]
-            return Flow(Compose(layers), self.make_base())
+        """The flow of :func:`unflow_zoo.flows.realnvp.realnvp`, the family's Lightning-free builder, from this
+        module's hyper-parameters and hooks (see :meth:`~unflow_zoo.models.base.FlowModule.build_with`)."""
+        return self.build_with(realnvp)

@@ -8,13 +8,11 @@ from typing import Any, Literal
 from torch import Tensor
 
 from unflow_zoo.core.flow import Flow, check_sample_count
-from unflow_zoo.core.transform import Compose, Inverse, Transform
-from unflow_zoo.errors import ConfigError
-from unflow_zoo.models import validate as v
+from unflow_zoo.core.transform import Compose, Transform
+from unflow_zoo.flows.snf import snf
 from unflow_zoo.models.base import FlowModule
 from unflow_zoo.models.registry import register_model
-from unflow_zoo.transforms.glow import Squeeze
-from unflow_zoo.transforms.selfnorm import LeakyReLU, SelfNormConv, SelfNormLinear, SmoothLeakyReLU
+from unflow_zoo.transforms.selfnorm import SelfNormConv, SelfNormLinear
 
 __all__ = ["SelfNormalizingFlow"]
 
@@ -102,70 +100,10 @@ class SelfNormalizingFlow(FlowModule):
     ) -> None:
         super().__init__(event_shape=event_shape, **kwargs)
 
-    def _activation(self) -> Transform:
-        hp = self.hparams
-        if hp.act == "smooth_leaky_relu":
-            return SmoothLeakyReLU(hp.act_alpha)
-        return LeakyReLU(hp.act_alpha)
-
     def build_flow(self) -> Flow:
-        hp = self.hparams
-        name = "snf"
-        n_layers = v.positive_int("n_layers", hp.n_layers, owner=name)
-        act = v.one_of("act", hp.act, ("smooth_leaky_relu", "leaky_relu"), owner=name)
-        if act == "smooth_leaky_relu":  # SmoothLeakyReLU takes alpha in (0, 1], LeakyReLU any alpha > 0
-            v.in_range("act_alpha", hp.act_alpha, 0, 1, low_open=True, owner=name, fix="pass e.g. act_alpha=0.3")
-        else:
-            v.positive_float("act_alpha", hp.act_alpha, owner=name, fix="pass e.g. act_alpha=0.3")
-        recon_weight = v.non_negative_float("recon_weight", hp.recon_weight, owner=name, fix="pass e.g. recon_weight=1")
-        train_logdet = v.one_of("train_logdet", hp.train_logdet, ("exact", "skip"), owner=name)
-        exact = True if hp.exact_gradient else None
-        layer_kwargs = {
-            "recon_weight": recon_weight,
-            "exact": exact,
-            "train_logdet": train_logdet,
-            "context_features": self.flow_context_features,
-        }
-        layers: list[Transform] = []
-        with v.config_errors(name):
-            if len(self.event_shape) == 1:
-                d = self.event_shape[0]
-                for k in range(n_layers):
-                    if k > 0:
-                        layers.append(self._activation())
-                    layers.append(SelfNormLinear(d, **layer_kwargs))
-            elif len(self.event_shape) == 3:
-                c, h, w = self.event_shape
-                n_blocks = v.positive_int("n_blocks", hp.n_blocks, owner=name)
-                kernel_size = v.positive_int("kernel_size", hp.kernel_size, owner=name, fix="pass an odd size, e.g. 3")
-                if n_layers % n_blocks:
-                    raise ConfigError(
-                        f"snf on images needs n_layers divisible by n_blocks >= 1, got n_layers={n_layers}, "
-                        f"n_blocks={n_blocks}; pass n_layers as a multiple of n_blocks"
-                    )
-                scale = 2 ** (n_blocks - 1)
-                if h % scale or w % scale:
-                    raise ConfigError(
-                        f"snf with n_blocks={n_blocks} squeezes {n_blocks - 1} times and needs H and W divisible "
-                        f"by {scale}, got event_shape {self.event_shape}; use fewer blocks or pad the images"
-                    )
-                per_block = n_layers // n_blocks
-                for b in range(n_blocks):
-                    if b > 0:
-                        layers.append(Squeeze())
-                        c *= 4
-                    for k in range(per_block):
-                        if b > 0 or k > 0:
-                            layers.append(self._activation())
-                        layers.append(SelfNormConv(c, kernel_size, **layer_kwargs))
-                # back to the data's layout, so that any base over event_shape fits
-                layers.extend(Inverse(Squeeze()) for _ in range(n_blocks - 1))
-            else:
-                raise ConfigError(
-                    f"snf works on vectors (D,) or images (C, H, W); got event_shape {self.event_shape}; "
-                    "flatten the data to (D,) or give images a channel axis"
-                )
-            return Flow(Compose(layers), self.make_base())
+        """The flow of :func:`unflow_zoo.flows.snf.snf`, the family's Lightning-free builder, from this
+        module's hyper-parameters and hooks (see :meth:`~unflow_zoo.models.base.FlowModule.build_with`)."""
+        return self.build_with(snf)
 
     # ----- self-normalizing specifics ------------------------------------------------
     def selfnorm_layers(self) -> list[SelfNormLinear | SelfNormConv]:

@@ -2,26 +2,20 @@ r"""Unconstrained flows: integrals of positive, unconstrained networks (UMNN, th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Literal
 
 from torch import Tensor
 
 from unflow_zoo.core.flow import Flow
-from unflow_zoo.errors import ConfigError
-from unflow_zoo.models import validate as v
-from unflow_zoo.models.base import FlowModule, stack_with_permutations
+from unflow_zoo.flows.unconstrained import unconstrained
+from unflow_zoo.models.base import FlowModule
 from unflow_zoo.models.registry import register_model
-from unflow_zoo.nn.integrand import INTEGRAND_ACTIVATIONS
 from unflow_zoo.transforms.integral import UnconstrainedMonotoneTransform
 from unflow_zoo.transforms.paper_integral import PaperUnconstrainedTransform
-from unflow_zoo.transforms.positive import PHI_NAMES
-from unflow_zoo.transforms.quadrature import QUADRATURE_RULES
 
 __all__ = ["UnconstrainedFlow"]
 
 PARAMETER_GROUPS = ("W", "b", "a")
-LAYOUTS = ("umnn-maf", "paper")
 
 
 @register_model("unconstrained")
@@ -156,106 +150,10 @@ class UnconstrainedFlow(FlowModule):
         super().__init__(event_shape=event_shape, **kwargs)
 
     def build_flow(self) -> Flow:
-        hp = self.hparams
-        name = "unconstrained"
-        layout = v.one_of("layout", hp.layout, LAYOUTS, owner=name)
-        integrand = v.one_of("integrand", hp.integrand, ("mlp", "paper"), owner=name)
-        n_layers = v.positive_int("n_layers", hp.n_layers, owner=name)
-        quadrature = v.one_of("quadrature", hp.quadrature, QUADRATURE_RULES, owner=name)
-        # Clenshaw-Curtis always evaluates both end points
-        fewest = 2 if quadrature == "clenshaw-curtis" else 1
-        n_nodes = v.integer("n_nodes", hp.n_nodes, minimum=fewest, owner=name, fix="pass e.g. n_nodes=32")
-        phi = v.one_of("phi", hp.phi, PHI_NAMES, owner=name)
-        min_slope = v.non_negative_float(
-            "min_slope", hp.min_slope, owner=name, fix="pass 0 or a small floor, e.g. 1e-3"
-        )
-        permutation = v.one_of("permutation", hp.permutation, ("reverse", "random"), owner=name)
-        width = hidden = act = embedding = conditioner_hidden = None
-        if integrand == "paper":
-            width = v.positive_int("width", hp.width, owner=name)
-            v.non_negative_float("std_a", hp.std_a, owner=name, fix="pass e.g. std_a=0.25")
-            v.one_of("init", hp.init, ("gaussian-sqrt-m", "gaussian-std"), owner=name)
-        if layout == "umnn-maf":
-            embedding = v.non_negative_int("embedding", hp.embedding, owner=name)
-            conditioner_hidden = v.positive_ints("conditioner_hidden", hp.conditioner_hidden, owner=name)
-            if integrand == "mlp":
-                hidden = v.positive_ints("hidden", hp.hidden, owner=name, allow_empty=False)
-                act = v.one_of("activation", hp.activation, INTEGRAND_ACTIVATIONS, owner=name)
-        lower = hp.lower_limit
-        per_coordinate = isinstance(lower, Sequence) and not isinstance(lower, str)
-        if per_coordinate:
-            lower = [v.in_range("lower_limit", x, owner=name) for x in lower]
-        elif lower is not None:
-            lower = v.in_range("lower_limit", lower, owner=name, fix="pass the data minimum, or lower_limit=None")
-        with v.config_errors(name):
-            d = self.vector_features()
-            ctx = self.flow_context_features
-            if layout == "paper":
-                if integrand != "paper":
-                    raise ConfigError(
-                        f"layout='paper' is the seed paper's per-coordinate one-hidden-layer networks; it needs "
-                        f"integrand='paper' (got {integrand!r}), or use layout='umnn-maf' for the MLP integrand"
-                    )
-                first = lower if per_coordinate else lower if lower is not None else 0.0
-
-                def paper_layer(k: int) -> PaperUnconstrainedTransform:
-                    return PaperUnconstrainedTransform(
-                        d,
-                        width,
-                        std_a=hp.std_a,
-                        init=hp.init,
-                        train_top=hp.train_top,
-                        quadrature=quadrature,
-                        n_nodes=n_nodes,
-                        phi=phi,
-                        min_slope=min_slope,
-                        # no offset in any layer; later ones integrate from 0, as in the UMNN-MAF layout
-                        lower_limit=first if k == 0 else 0.0,
-                        context_features=ctx,
-                    )
-
-                return Flow(stack_with_permutations(paper_layer, n_layers, d, permutation), self.make_base())
-            if per_coordinate:
-                raise ConfigError(
-                    f"a per-coordinate lower_limit ({lower}) needs layout='paper'; the UMNN-MAF layout "
-                    "integrates every coordinate from one float: pass a single float"
-                )
-            # A non-negative image for the exponential base: beta = 0 in every layer; the first
-            # integrates from the lower limit, the others from 0, so x >= x0 <=> y >= 0 all the way.
-            exponential = hp.base == "exponential"
-            if ctx and exponential and embedding == 0:
-                raise ConfigError(
-                    f"unconstrained with context_features={hp.context_features} feeds the context through the MADE "
-                    "embedding h_i(x_<i, c) of the integrand, but embedding=0 with base='exponential' (no offset "
-                    "beta) leaves the MADE nothing to compute: pass embedding >= 1 (e.g. embedding=16), or "
-                    "layout='paper' (the context shifts its hidden biases)"
-                )
-            lower = lower if lower is not None else 0.0
-            transform = stack_with_permutations(
-                lambda k: UnconstrainedMonotoneTransform(
-                    d,
-                    integrand,
-                    width=hp.width,
-                    hidden=hidden if hidden is not None else hp.hidden,
-                    act=act if act is not None else hp.activation,
-                    embedding=embedding,
-                    conditioner_hidden=conditioner_hidden,
-                    quadrature=quadrature,
-                    n_nodes=n_nodes,
-                    phi=phi,
-                    lower_limit=lower if k == 0 else 0.0,
-                    offset=not exponential,
-                    min_slope=min_slope,
-                    std_a=hp.std_a,
-                    init=hp.init,
-                    train_top=hp.train_top,
-                    context_features=ctx,
-                ),
-                n_layers,
-                d,
-                permutation,
-            )
-            return Flow(transform, self.make_base())
+        """The flow of :func:`unflow_zoo.flows.unconstrained.unconstrained`, the family's Lightning-free
+        builder, from this module's hyper-parameters and hooks (see
+        :meth:`~unflow_zoo.models.base.FlowModule.build_with`)."""
+        return self.build_with(unconstrained)
 
     @property
     def transforms(self) -> list[UnconstrainedMonotoneTransform | PaperUnconstrainedTransform]:

@@ -3,6 +3,7 @@
     flow = unflow_zoo.pretrained.load_pretrained("unconstrained-mog1d")
     flow.sample(1000); flow.log_prob(x)      # raw data units: the standardisation is inside
     flow = unflow_zoo.pretrained.load_pretrained("user/repo", revision="main")   # a Hugging Face Hub repo
+    flow = unflow_zoo.pretrained.load_flow("unconstrained-mog1d")   # the plain torch Flow, no LightningModule
     push_to_hub(flow, "me/my-flow")          # or flow.push_to_hub("me/my-flow"): one flow per repo
 
 See :mod:`unflow_zoo.pretrained.format` for the folder layout,
@@ -21,7 +22,7 @@ from unflow_zoo.pretrained.format import FORMAT_VERSION, FormatError, IntegrityE
 from unflow_zoo.pretrained.hub import push_to_hub
 from unflow_zoo.pretrained.preprocessing import RawDataFlow, served_flow
 from unflow_zoo.pretrained.registry import list_pretrained, markdown_table, pretrained_info
-from unflow_zoo.pretrained.resolve import cache_root, load_pretrained, safe_extract
+from unflow_zoo.pretrained.resolve import cache_root, load_flow, load_pretrained, safe_extract
 from unflow_zoo.pretrained.serialization import rebuild_datamodule, save_pretrained
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "evaluate_split",
     "export_checkpoint",
     "list_pretrained",
+    "load_flow",
     "load_pretrained",
     "markdown_table",
     "model_from_checkpoint",

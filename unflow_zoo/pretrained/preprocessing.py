@@ -26,7 +26,7 @@ from unflow_zoo.core.transform import Compose
 from unflow_zoo.errors import DataError, DataTypeError
 from unflow_zoo.transforms.affine import Affine
 
-__all__ = ["RawDataFlow", "attach_standardization", "served_flow", "served_state_dict"]
+__all__ = ["RawDataFlow", "attach_standardization", "served_flow", "served_state_dict", "standardized_flow"]
 
 
 class RawDataFlow(Flow):
@@ -49,20 +49,39 @@ class RawDataFlow(Flow):
         return Flow(self.transform[1], self.base)
 
 
-def attach_standardization(model: Any, mean: Any, std: Any) -> None:
-    """Put the standardisation ``(mean, std)`` in front of ``model.flow`` in place."""
-    mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(model.event_shape)
-    std_t = torch.as_tensor(std, dtype=torch.float32).reshape(model.event_shape)
+def standardized_flow(flow: Flow, mean: Any, std: Any) -> RawDataFlow:
+    """``flow`` behind the standardisation ``(mean, std)``: a :class:`RawDataFlow` over raw data.
+
+    Args:
+        flow: a flow over standardised coordinates.
+        mean: the per-coordinate means :math:`m`, ``prod(event_shape)`` numbers.
+        std: the per-coordinate scales :math:`s`, as many positive numbers.
+
+    Returns:
+        The flow over raw data; it shares ``flow``'s modules.
+
+    Raises:
+        DataError: a non-finite mean or a scale that is not positive and finite.
+        DataTypeError: ``flow`` carries a standardisation already.
+    """
+    mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(flow.event_shape)
+    std_t = torch.as_tensor(std, dtype=torch.float32).reshape(flow.event_shape)
     if not torch.isfinite(std_t).all() or (std_t <= 0).any() or not torch.isfinite(mean_t).all():
         raise DataError(f"standardisation needs finite means and positive finite stds, got mean={mean}, std={std}")
-    if isinstance(model.flow, RawDataFlow):
+    if isinstance(flow, RawDataFlow):
         raise DataTypeError("this flow already carries a standardisation; attach one only to a flow over served data")
-    model.flow = RawDataFlow(model.flow, mean_t, std_t)
+    return RawDataFlow(flow, mean_t, std_t)
+
+
+def attach_standardization(model: Any, mean: Any, std: Any) -> None:
+    """Put the standardisation ``(mean, std)`` in front of ``model.flow`` in place."""
+    model.flow = standardized_flow(model.flow, mean, std)
 
 
 def served_flow(model: Any) -> Flow:
-    """``model``'s flow over the coordinates it was trained on (its own flow if it has no preprocessing)."""
-    flow = model.flow
+    """``model``'s flow over the coordinates it was trained on (its own flow if it has no preprocessing);
+    ``model`` may be a family's module or a :class:`~unflow_zoo.core.flow.Flow` itself."""
+    flow = model if isinstance(model, Flow) else model.flow
     return flow.served() if isinstance(flow, RawDataFlow) else flow
 
 

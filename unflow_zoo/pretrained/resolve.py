@@ -36,19 +36,22 @@ import tempfile
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from unflow_zoo.core.flow import Flow
 from unflow_zoo.errors import ConfigError, MissingDependencyError, MissingFileError
 from unflow_zoo.pretrained.format import CONFIG_FILE, WEIGHTS_FILE, FormatError, check_sha256, read_config
 from unflow_zoo.pretrained.registry import CHECKPOINTS_DIR, load_registry, unknown_name_error
-from unflow_zoo.pretrained.serialization import load_folder
+from unflow_zoo.pretrained.serialization import load_flow_folder, load_folder
 
 __all__ = [
     "cache_root",
     "hub_cache_dir",
     "hub_repo_id",
     "is_offline",
+    "load_flow",
     "load_pretrained",
     "parse_hf_spec",
     "resolve_folder",
@@ -205,12 +208,16 @@ def safe_extract(archive: str | Path, dest: str | Path) -> Path:
     raise FormatError(f"{archive} holds no {CONFIG_FILE} at its root or in a single top-level folder")
 
 
-def _load_path(path: Path) -> Any:
+#: what loads a verified folder: the family's module (load_folder) or its plain flow (load_flow_folder)
+Loader = Callable[[Path], Any]
+
+
+def _load_path(path: Path, loader: Loader = load_folder) -> Any:
     if path.is_dir():
-        return load_folder(path)
+        return loader(path)
     if zipfile.is_zipfile(path) or path.suffix == ".zip":
         with tempfile.TemporaryDirectory(prefix="unflow_zoo_zip_") as tmp:
-            return load_folder(safe_extract(path, tmp))  # weights are in memory before tmp goes
+            return loader(safe_extract(path, tmp))  # weights are in memory before tmp goes
     raise FormatError(f"{path} is neither a pretrained folder nor a .zip of one")
 
 
@@ -247,7 +254,9 @@ def _cached(target: Path, sha256: str | None) -> bool:
     return True
 
 
-def _fetch_url(url: str, cache: Path, offline: bool, sha256: str | None, files: dict[str, str]) -> Any:
+def _fetch_url(
+    url: str, cache: Path, offline: bool, sha256: str | None, files: dict[str, str], loader: Loader = load_folder
+) -> Any:
     base, frag_sha = _split_fragment(url)
     sha256 = sha256 or frag_sha
     key = hashlib.sha256(base.encode()).hexdigest()[:16]
@@ -268,7 +277,7 @@ def _fetch_url(url: str, cache: Path, offline: bool, sha256: str | None, files: 
         )
     for source, target, digest in missing.values():
         _download(source, target, digest)
-    return load_folder(where) if base.endswith("/") else _load_path(next(iter(targets.values()))[1])
+    return loader(where) if base.endswith("/") else _load_path(next(iter(targets.values()))[1], loader)
 
 
 def _hub_failure(
@@ -320,6 +329,7 @@ def _fetch_hub(
     files: dict[str, str] | None = None,
     spec: str | None = None,
     local: Path | None = None,
+    loader: Loader = load_folder,
 ) -> Any:
     """Load a flow from a Hub repo through ``huggingface_hub.hf_hub_download`` and its cache.
 
@@ -359,13 +369,17 @@ def _fetch_hub(
             )
         raise MissingFileError(message) from None
     _verify_files(folder, files or {})
-    return load_folder(folder)
+    return loader(folder)
 
 
-def _fetch_hf(spec: str, offline: bool, files: dict[str, str], revision: str | None = None) -> Any:
+def _fetch_hf(
+    spec: str, offline: bool, files: dict[str, str], revision: str | None = None, loader: Loader = load_folder
+) -> Any:
     """``hf://user/repo[/subfolder][@revision]`` (or a registry's plain ``user/repo``) from the Hub."""
     repo_id, subfolder, revision = parse_hf_spec(spec, revision)
-    return _fetch_hub(repo_id, subfolder=subfolder, revision=revision, offline=offline, files=files, spec=spec)
+    return _fetch_hub(
+        repo_id, subfolder=subfolder, revision=revision, offline=offline, files=files, spec=spec, loader=loader
+    )
 
 
 # ----- names ------------------------------------------------------------------------------------
@@ -445,18 +459,74 @@ def load_pretrained(
         MissingFileError: a path that does not exist, or a flow that is not available locally
             while the network is off (the message names the repo, revision and cache; an ``OSError``).
     """
+    return _resolve_and_load(name_or_path, revision, cache_dir, offline, load_folder)
+
+
+def load_flow(
+    name_or_path: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    offline: bool = False,
+) -> Flow:
+    """Load a pretrained flow as a plain torch :class:`~unflow_zoo.core.flow.Flow`, verified, in eval mode.
+
+    Resolves and verifies exactly as :func:`load_pretrained` (registered names, paths, the cache,
+    URLs, Hub repos; every sha256 checked before anything is loaded), but builds no LightningModule:
+    the family's Lightning-free builder (:func:`unflow_zoo.flows.build`) makes the flow from the
+    recorded hyper-parameters and the weights load into it. Its ``log_prob`` and ``sample`` work in
+    the raw units of the data, as :func:`load_pretrained`'s do: a standardisation the flow was
+    trained with sits in front of it (:class:`~unflow_zoo.pretrained.preprocessing.RawDataFlow`;
+    :func:`~unflow_zoo.pretrained.preprocessing.served_flow` gives the flow over standardised data).
+
+    Example::
+
+        flow = load_flow("nsf-moons")
+        flow.log_prob(x)                    # == load_pretrained("nsf-moons").log_prob(x)
+        flow(context=None).sample((100,))   # the torch.distributions view (sbi, Pyro)
+
+    Args:
+        name_or_path: what :func:`load_pretrained` takes: a folder or ``.zip`` path, a registered
+            name, a name in the package cache, a Hub repo id ``owner/name``,
+            ``hf://owner/name[/subfolder][@revision]`` or an ``https://`` / ``file://`` URL.
+        revision: for a Hub repo, the branch, tag or commit hash (default ``main``).
+        cache_dir: the package's cache for registered names and URL downloads.
+        offline: never use the network (also ``UNFLOW_ZOO_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``).
+
+    Returns:
+        The flow, in eval mode; ``flow.pretrained_config`` holds the record (metrics, data, license).
+
+    Raises:
+        ConfigError: as :func:`load_pretrained`.
+        IntegrityError: a file's sha256 differs from the recorded one; nothing is loaded.
+        FormatError: as :func:`load_pretrained`, and for a family without a registered flow builder
+            (a user's own LightningModule: load it with :func:`load_pretrained`, whose ``.flow`` is the Flow).
+        MissingFileError: as :func:`load_pretrained`.
+    """
+    flow: Flow = _resolve_and_load(name_or_path, revision, cache_dir, offline, load_flow_folder)
+    return flow
+
+
+def _resolve_and_load(
+    name_or_path: str | os.PathLike[str],
+    revision: str | None,
+    cache_dir: str | Path | None,
+    offline: bool,
+    loader: Loader,
+) -> Any:
+    """Resolve ``name_or_path`` (see the module docstring), verify it and hand the folder to ``loader``."""
     offline = is_offline(offline)
     cache = cache_root(cache_dir)
     spec = os.fspath(name_or_path)
     if spec.startswith("hf://"):
-        return _fetch_hf(spec, offline, {}, revision)
+        return _fetch_hf(spec, offline, {}, revision, loader)
     if spec.startswith(_REMOTE):
         _no_revision(revision, spec, "a URL")
-        return _fetch_url(spec, cache, offline, None, {})
+        return _fetch_url(spec, cache, offline, None, {}, loader)
     path = Path(spec).expanduser()
     if path.exists():
         _no_revision(revision, spec, "a local path")
-        return _load_path(path)
+        return _load_path(path, loader)
     entry = load_registry().get(spec)
     if entry is not None:
         _no_revision(revision, spec, "a registered name")
@@ -464,21 +534,21 @@ def load_pretrained(
         folder = resolve_folder(spec, cache)
         if folder is not None:
             _verify_files(folder, files)
-            return load_folder(folder)
+            return loader(folder)
         if entry.get("hf"):
-            return _fetch_hf(str(entry["hf"]), offline, files)
+            return _fetch_hf(str(entry["hf"]), offline, files, loader=loader)
         if entry.get("url"):
-            return _fetch_url(str(entry["url"]), cache, offline, entry.get("sha256"), files)
+            return _fetch_url(str(entry["url"]), cache, offline, entry.get("sha256"), files, loader)
         raise MissingFileError(
             f"{spec!r} is registered but has no packaged files, no cached copy in {cache} and no url/hf source"
         )
     plain_name = "/" not in spec and "\\" not in spec
     if plain_name and (cache / spec / CONFIG_FILE).is_file():
         _no_revision(revision, spec, "a name in the cache")
-        return load_folder(cache / spec)
+        return loader(cache / spec)
     repo_id = None if isinstance(name_or_path, os.PathLike) else hub_repo_id(spec)
     if repo_id is not None:
-        return _fetch_hub(repo_id, revision=revision, offline=offline, spec=spec, local=path.absolute())
+        return _fetch_hub(repo_id, revision=revision, offline=offline, spec=spec, local=path.absolute(), loader=loader)
     if isinstance(name_or_path, os.PathLike) or not plain_name or spec.endswith(".zip"):
         raise MissingFileError(
             f"no such file or folder: {path.absolute()} (and {spec!r} is not a registered name"

@@ -25,7 +25,9 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from unflow_zoo.core.flow import Flow
 from unflow_zoo.errors import ConfigError, DataError, UnsafeFileError
+from unflow_zoo.flows import build, list_flows
 from unflow_zoo.pretrained.card import CARD_FILE, write_card
 from unflow_zoo.pretrained.format import (
     CONFIG_FILE,
@@ -40,9 +42,34 @@ from unflow_zoo.pretrained.format import (
     to_json,
     write_config,
 )
-from unflow_zoo.pretrained.preprocessing import attach_standardization, served_state_dict
+from unflow_zoo.pretrained.preprocessing import attach_standardization, served_state_dict, standardized_flow
 
-__all__ = ["data_record", "datamodule_args", "load_folder", "rebuild_datamodule", "save_pretrained"]
+__all__ = [
+    "FLOW_PREFIX",
+    "TRAINING_HPARAMS",
+    "build_flow",
+    "data_record",
+    "datamodule_args",
+    "load_flow_folder",
+    "load_folder",
+    "rebuild_datamodule",
+    "save_pretrained",
+]
+
+#: where a family's module keeps its flow: the weights' names start with it
+FLOW_PREFIX = "flow."
+#: the hyper-parameters of a pretrained flow that configure its training, not the flow
+#: (FlowModule's optimisation arguments); :func:`build_flow` leaves them out
+TRAINING_HPARAMS = (
+    "lr",
+    "optimizer",
+    "weight_decay",
+    "momentum",
+    "scheduler",
+    "scheduler_step_size",
+    "scheduler_gamma",
+    "scheduler_patience",
+)
 
 # The only data module a config may name: importing a class path named in a downloaded file
 # would run that module's code, and calling an arbitrary package function (a downloader, say)
@@ -196,16 +223,14 @@ def build_model(config: dict[str, Any], where: Path) -> Any:
         raise FormatError(f"{where / CONFIG_FILE}: cannot build {family} from its hparams ({e})") from None
 
 
-def load_folder(folder: str | Path) -> Any:
-    """Load the pretrained folder ``folder``: check the weights' sha256, rebuild the family,
-    load the weights, attach the preprocessing; return the module in eval mode."""
-    folder = Path(folder)
-    config = read_config(folder)
+def _verified_weights(folder: Path, config: dict[str, Any]) -> Path:
+    """The weights file of ``folder``, checked: a plain name inside the folder, present, its sha256 the
+    one ``config.json`` records. Warns when the folder was written by a newer unflow-zoo."""
     if is_newer(str(config.get("package_version", "0")), package_version()):
         warnings.warn(
             f"{folder} was written by unflow-zoo {config['package_version']}, newer than this "
             f"{package_version()}; it uses a format this version reads, but consider upgrading",
-            stacklevel=3,
+            stacklevel=4,
         )
     name = str(config["weights"].get("file", WEIGHTS_FILE))
     weights = folder / name
@@ -216,15 +241,91 @@ def load_folder(folder: str | Path) -> Any:
     if not weights.is_file():
         raise FormatError(f"{folder} has a {CONFIG_FILE} but no weights file {weights.name}")
     check_sha256(weights, config["weights"]["sha256"])
-    model = build_model(config, folder)
+    return weights
+
+
+def _read_weights(weights: Path) -> dict[str, Any]:
     try:
-        state = load_file(str(weights), device="cpu")
+        return load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise FormatError(f"{weights} is not a readable safetensors file ({e})") from None
+
+
+def load_folder(folder: str | Path) -> Any:
+    """Load the pretrained folder ``folder``: check the weights' sha256, rebuild the family,
+    load the weights, attach the preprocessing; return the module in eval mode."""
+    folder = Path(folder)
+    config = read_config(folder)
+    weights = _verified_weights(folder, config)
+    model = build_model(config, folder)
+    state = _read_weights(weights)
     _load_weights(model, state, weights, str(config["family"]))
     _attach_preprocessing(model, config.get("preprocessing"), folder / CONFIG_FILE)
     model.pretrained_config = config  # the record it came from: metrics, data, license
     return model.eval()
+
+
+def build_flow(config: dict[str, Any], where: Path) -> Flow:
+    """The plain flow of the family named in ``config``, built by its Lightning-free builder
+    (:func:`unflow_zoo.flows.build`) from the flow's hyper-parameters (random weights).
+
+    ``config["hparams"]`` are the family's LightningModule's: its optimisation settings
+    (:data:`TRAINING_HPARAMS`) are left out, every other key goes to the builder.
+    """
+    family = config["family"]
+    if not isinstance(family, str):
+        raise FormatError(f"{where / CONFIG_FILE}: 'family' must be a string, got {family!r}")
+    if family not in list_flows():
+        newer = is_newer(str(config.get("package_version", "0")), package_version())
+        hint = (
+            f" It was written by unflow-zoo {config.get('package_version')}, newer than this "
+            f"{package_version()}: upgrade unflow-zoo."
+            if newer
+            else " If it is your own family, register a builder for it (unflow_zoo.flows.register_flow), "
+            "or load it with load_pretrained, whose .flow is the Flow."
+        )
+        raise FormatError(
+            f"{where / CONFIG_FILE}: no flow builder for the family {family!r}; this unflow-zoo builds "
+            f"{', '.join(list_flows())}.{hint}"
+        )
+    hparams = config["hparams"]
+    if not isinstance(hparams, dict):
+        raise FormatError(f"{where / CONFIG_FILE}: 'hparams' must be a JSON object, got {type(hparams).__name__}")
+    try:
+        return build(family, **{k: v for k, v in hparams.items() if k not in TRAINING_HPARAMS})
+    except (TypeError, ValueError) as e:
+        raise FormatError(f"{where / CONFIG_FILE}: cannot build {family} from its hparams ({e})") from None
+
+
+def load_flow_folder(folder: str | Path) -> Flow:
+    """Load the pretrained folder ``folder`` as a plain :class:`~unflow_zoo.core.flow.Flow`, no Lightning.
+
+    The same checks as :func:`load_folder` (the weights' sha256, a plain weights file inside the
+    folder, every tensor's name, shape and finiteness), but the flow is built by the family's
+    builder (:func:`build_flow`) and gets the module's weights without their ``flow.`` prefix.
+    A standardisation the flow was trained with goes in front of it (:class:`RawDataFlow`), so
+    its ``log_prob`` takes raw data, as the module's does.
+
+    Args:
+        folder: the pretrained folder.
+
+    Returns:
+        The flow in eval mode; ``flow.pretrained_config`` holds the record (metrics, data, license).
+    """
+    folder = Path(folder)
+    config = read_config(folder)
+    weights = _verified_weights(folder, config)
+    flow = build_flow(config, folder)
+    state = {k.removeprefix(FLOW_PREFIX): v for k, v in _read_weights(weights).items()}
+    _load_weights(flow, state, weights, str(config["family"]))
+    standardization = _standardization(config.get("preprocessing"), flow.event_shape, folder / CONFIG_FILE)
+    if standardization is not None:
+        try:
+            flow = standardized_flow(flow, *standardization)
+        except ValueError as e:
+            raise FormatError(f"{folder / CONFIG_FILE}: {e}") from None
+    flow.pretrained_config = config  # type: ignore[assignment]  # the record: metrics, data, license
+    return flow.eval()
 
 
 def _load_weights(model: Any, state: dict[str, Any], weights: Path, family: str) -> None:
@@ -247,17 +348,17 @@ def _load_weights(model: Any, state: dict[str, Any], weights: Path, family: str)
     model.load_state_dict(state)
 
 
-def _attach_preprocessing(model: Any, pre: Any, where: Path) -> None:
-    """Check the ``preprocessing`` record and put its standardisation in front of the flow."""
+def _standardization(pre: Any, event_shape: tuple[int, ...], where: Path) -> tuple[list[Any], list[Any]] | None:
+    """The ``(mean, std)`` of a checked ``preprocessing`` record, or None for ``kind: none``."""
     pre = pre or {"kind": "none"}
     if not isinstance(pre, dict):
         raise FormatError(f"{where}: 'preprocessing' must be a JSON object, got {type(pre).__name__}")
     kind = pre.get("kind")
     if kind == "none":
-        return
+        return None
     if kind != "standardize":
         raise FormatError(f"{where}: unknown preprocessing {kind!r}; upgrade unflow-zoo")
-    dim = math.prod(model.event_shape)
+    dim = math.prod(event_shape)
     for key in ("mean", "std"):
         values = pre.get(key)
         numbers = isinstance(values, list) and all(
@@ -267,8 +368,16 @@ def _attach_preprocessing(model: Any, pre: Any, where: Path) -> None:
             raise FormatError(
                 f"{where}: preprocessing {key!r} must be a list of {dim} numbers (one per coordinate), got {values!r}"
             )
+    return pre["mean"], pre["std"]
+
+
+def _attach_preprocessing(model: Any, pre: Any, where: Path) -> None:
+    """Check the ``preprocessing`` record and put its standardisation in front of the flow."""
+    standardization = _standardization(pre, model.event_shape, where)
+    if standardization is None:
+        return
     try:
-        attach_standardization(model, pre["mean"], pre["std"])
+        attach_standardization(model, *standardization)
     except ValueError as e:
         raise FormatError(f"{where}: {e}") from None
 

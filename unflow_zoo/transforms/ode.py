@@ -481,7 +481,7 @@ class ODETransform(Transform):
             return torch.randn_like(z)
         return torch.randint(0, 2, z.shape, device=z.device).to(z.dtype) * 2 - 1
 
-    def _solve(self, x: Tensor, context: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor]:
+    def _solve(self, x: Tensor, context: Tensor | None, reverse: bool, trace: bool = True) -> tuple[Tensor, Tensor]:
         if x.ndim < 2 or math.prod(x.shape[1:]) != self.features:
             raise ValueError(
                 f"ODETransform over {self.features} features expected a batch (B, ...) with {self.features} "
@@ -509,7 +509,10 @@ class ODETransform(Transform):
             if context is not None:
                 context = context.to(dtype).clone() if inference else context.to(dtype)
             try:
-                return self._solve_fp(x.to(dtype).clone() if inference else x.to(dtype), reverse, context)
+                z0 = x.to(dtype).clone() if inference else x.to(dtype)
+                if not trace:
+                    return self._solve_state(z0, reverse, context), z0.new_zeros(0)
+                return self._solve_fp(z0, reverse, context)
             except AssertionError as err:  # torchdiffeq: "underflow in dt ..."
                 if "underflow" not in str(err):
                     raise
@@ -524,6 +527,24 @@ class ODETransform(Transform):
             "or run in float64"
         )
         return InverseError(msg) if reverse else DataError(msg)
+
+    def _solve_state(self, z0: Tensor, reverse: bool, context: Tensor | None) -> Tensor:
+        """Integrate :math:`z` alone (no trace, no penalties), counting evaluations as :meth:`_solve_fp` does."""
+        nfe = [0]
+
+        def field(s: Tensor, z: Tensor) -> Tensor:
+            nfe[0] += 1
+            end = self.end_time
+            t = s.to(z.dtype) * end
+            return end * (self.net(t, z) if context is None else self.net(t, z, context))
+
+        with torch.autocast(device_type=z0.device.type, enabled=False):
+            s = torch.tensor([1.0, 0.0] if reverse else [0.0, 1.0], dtype=z0.dtype, device=z0.device)
+            method = self.train_solver if self.training else self.solver
+            options = {"step_size": self.train_step_size} if method in FIXED_STEP_SOLVERS else None
+            z = odeint(field, z0, s, rtol=self.rtol, atol=self.atol, method=method, options=options)[-1]
+        self._nfe_forward = nfe[0]
+        return z
 
     def _solve_fp(self, z0: Tensor, reverse: bool, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         with torch.autocast(device_type=z0.device.type, enabled=False):
@@ -565,6 +586,18 @@ class ODETransform(Transform):
         if self.check_inverse and x.shape[0] > 0:
             self._check_inverse(x, y, context)
         return x, ladj
+
+    def invert(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        """The backward solve of :math:`z` alone: sampling needs no log-determinant, and the trace (one
+        vector-Jacobian product per evaluation, ``D`` of them when exact) is most of an evaluation's cost.
+        Differentiable through the solver (not the adjoint: with ``adjoint=True`` and gradients on, the
+        full :meth:`inverse` runs)."""
+        if self.adjoint and torch.is_grad_enabled():
+            return self.inverse(y, context)[0]
+        x = self._solve(y, context, reverse=True, trace=False)[0]
+        if self.check_inverse and x.shape[0] > 0:
+            self._check_inverse(x, y, context)
+        return x
 
     def _check_inverse(self, x: Tensor, y: Tensor, context: Tensor | None = None) -> None:
         """Integrate ``x`` forwards (``z`` only, no trace, no graph) and raise InverseError where it misses ``y``."""
