@@ -318,6 +318,8 @@ class Flow(nn.Module):
             return z, x, ladj_inv, outside[0]
 
         z, x, ladj_inv, bad = attempt(rows, context)
+        if not bool(bad.any()):  # the usual case: one check, nothing to redraw
+            return z, x, ladj_inv
         # candidates per missing row: about 1 / (acceptance rate), from the first attempt, at most 64
         over = min(64, math.ceil(rows / max(rows - int(bad.sum()), 1)))
         for _ in range(_MAX_REDRAWS):
