@@ -10,6 +10,8 @@ Suites (one file each under scripts/benchmarks/):
 - ``interleaved``: the same implementations taking turns in one process, the
   load-robust timing comparison;
 - ``scaling``: cost vs batch size, D and width m (to m = 3e4);
+- ``compile``: every family's train step (and sampling) eager vs ``compile=True``, compile time,
+  speed-up, and the largest log-density difference;
 - ``paper_models``: the seed paper's two models, one SGD step against the official code
   (its per-node loops, written out from its published code), D = 1 and 5, and ensembles;
 - ``snf``: self-normalizing vs exact log-det gradients at D = 64, 256, 784;
@@ -44,7 +46,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import Result, emit, run_case, skipped_note, write_section
 
-CASE_SUITES = ("unconstrained", "families", "interleaved", "scaling")  # measured here, one process per case
+#: measured here, one process per case
+CASE_SUITES = ("unconstrained", "families", "interleaved", "conditional", "scaling", "compile")
 SCRIPT_SUITES = ("paper_models", "snf", "copula", "digits")  # self-contained scripts with their own main(argv)
 SUITES = CASE_SUITES + SCRIPT_SUITES
 OUT = ROOT / "docs" / "benchmarks.md"
@@ -58,6 +61,8 @@ def run_suite(name: str, args: argparse.Namespace, command: str) -> list[Result]
         cases = suite.cases(args.quick, args.families, args.dim)
     elif name == "interleaved":
         cases = suite.cases(args.quick, args.families)
+    elif name == "compile":
+        cases = suite.cases(args.quick, args.families, args.dim)
     else:
         cases = suite.cases(args.quick)
     results, t0 = [], time.time()
@@ -78,8 +83,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[Result]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suites", nargs="+", default=list(SUITES), choices=SUITES)
     p.add_argument("--quick", action="store_true", help="tiny sizes and budgets: a smoke run")
-    p.add_argument("--families", nargs="*", default=None, help="families suite: which families (default all)")
-    p.add_argument("--dim", type=int, default=8, help="families suite: D of the tabular cases")
+    p.add_argument("--families", nargs="*", default=None, help="families/compile suites: which families (default all)")
+    p.add_argument("--dim", type=int, default=8, help="families/compile suites: D of the tabular cases")
     p.add_argument("--dims", type=int, nargs="+", default=None, help="unconstrained suite: D values")
     p.add_argument("--peers", nargs="+", default=None, help="unconstrained suite: ours zuko umnn")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per case")

@@ -14,7 +14,7 @@ from huggingface_hub import constants as hf_constants
 
 from unflow_zoo.core.transform import InputOutsideDomain
 from unflow_zoo.data import DensityDataModule
-from unflow_zoo.models import create_model
+from unflow_zoo.models import list_models
 from unflow_zoo.pretrained import (
     FormatError,
     IntegrityError,
@@ -32,7 +32,7 @@ from unflow_zoo.pretrained import (
 from unflow_zoo.pretrained import registry as registry_mod
 from unflow_zoo.pretrained import resolve as resolve_mod
 from unflow_zoo.pretrained import serialization as serialization_mod
-from unflow_zoo.testing import randomize_parameters_
+from unflow_zoo.testing import randomize_parameters_, small_model
 
 SHIPPED = list_pretrained()
 SIZE_BUDGET = 5_000_000  # bytes, all shipped checkpoints together
@@ -68,26 +68,9 @@ def _dm(dataset: str = "moons", **kw) -> DensityDataModule:
     return dm
 
 
-SMALL = {
-    "nsf": {"n_layers": 2, "hidden": [8], "bins": 4},
-    "maf": {"n_layers": 2, "hidden": [8]},
-    "realnvp": {"n_layers": 2, "hidden": [8]},
-    "constrained": {"width": 8},
-    "unconstrained": {
-        "width": 8,
-        "hidden": [8],
-        "conditioner_hidden": [8],
-        "n_layers": 1,
-        "n_nodes": 8,
-        "embedding": 4,
-    },
-}
-
-
 def _small(family: str, seed: int = 0):
-    torch.manual_seed(seed)
-    model = create_model(family, event_shape=(2,), **SMALL[family])
-    return randomize_parameters_(model, std=0.2, seed=seed).eval()
+    """Family ``family`` at its own test sizes, seeded and perturbed (not the identity), in eval mode."""
+    return randomize_parameters_(small_model(family, seed=seed), std=0.2, seed=seed).eval()
 
 
 # ----- shipped checkpoints ---------------------------------------------------------------------------
@@ -157,7 +140,7 @@ def test_markdown_table_has_a_row_per_flow_with_its_nll(capsys):
 
 
 # ----- round trip ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("family", sorted(SMALL))
+@pytest.mark.parametrize("family", list_models())
 @pytest.mark.parametrize("as_zip", [False, True], ids=["folder", "zip"])
 def test_save_load_round_trip_gives_identical_log_prob(family, as_zip, tmp_path):
     model = _small(family)

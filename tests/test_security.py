@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from unflow_zoo import create_model, load_pretrained
+from unflow_zoo import load_pretrained
 from unflow_zoo.cli import main
 from unflow_zoo.errors import FormatError, UnsafeFileError
 from unflow_zoo.models import FlowModule
 from unflow_zoo.pretrained import rebuild_datamodule, save_pretrained
 from unflow_zoo.pretrained.convert import export_checkpoint, read_checkpoint
+from unflow_zoo.testing import small_model
 
 MAF = "unflow_zoo.models.maf.MaskedAutoregressiveFlow"
-TINY_MAF = {"n_layers": 1, "hidden": [4]}
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +56,7 @@ def marker(tmp_path) -> Path:
 @pytest.fixture
 def evil_ckpt(tmp_path, marker) -> Path:
     """A Lightning-shaped checkpoint of a real MAF whose pickle also builds a payload."""
-    model = create_model("maf", event_shape=(2,), **TINY_MAF)
+    model = small_model("maf")
     ckpt = tmp_path / "served" / "evil.ckpt"
     ckpt.parent.mkdir()
     torch.save(
@@ -143,7 +143,7 @@ def test_evaluate_and_export_refuse_a_pickle_payload(evil_ckpt, marker, capsys, 
 
 
 def test_a_checkpoint_never_chooses_the_class_to_import(tmp_path, capsys, monkeypatch):
-    model = create_model("maf", event_shape=(2,), **TINY_MAF)
+    model = small_model("maf")
     ckpt = tmp_path / "odd.ckpt"
     named = "antigravity_like_module.Flow"
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": {"_class_path": named}}, ckpt)
@@ -175,7 +175,7 @@ def test_a_file_that_is_not_a_checkpoint_gets_a_clear_error(tmp_path, capsys):
 def pretrained_folder(tmp_path) -> Path:
     path = tmp_path / "flow"
     save_pretrained(
-        create_model("maf", event_shape=(2,), **TINY_MAF),
+        small_model("maf"),
         path,
         data={"class_path": "DensityDataModule", "init_args": {"dataset": "moons", "n_samples": 200}},
     )

@@ -16,13 +16,35 @@ A conditional transform is checked with a ``context`` batch, one row per point: 
 round trip and the log-determinants at each point's own context, the Jacobian with
 respect to ``x`` with the context held fixed, and the normalisation of
 :math:`p(x \\mid c)` for each of the first ``grid_contexts`` context rows.
+
+Small members of every family, for tests::
+
+    from unflow_zoo.testing import check_model, small_flow, small_model
+
+    model = small_model("nsf", context_features=3)        # a seeded FlowModule, 2-D events
+    check_model(model, torch.randn(8, 2), torch.randn(8, 3))
+    flow = small_flow("nsf", context_features=3)          # the same weights, no Lightning
+    small_model("glow", event_shape=(2, 4, 4), lr=1e-2)   # an image event; a training option
+
+Each registered family declares its test sizes where it is defined, as the class attribute
+:attr:`~unflow_zoo.models.base.FlowModule.small_hparams` of its
+:class:`~unflow_zoo.models.base.FlowModule` subclass (flow hyper-parameters only: a 2-D
+instance, and an image one where the family takes images, builds and trains a few steps in
+well under a second), and the :func:`check_transform` options its small instance needs as
+:attr:`~unflow_zoo.models.base.FlowModule.check_options` (a numerical inverse's tolerance, no
+grid for tails too wide for one). :func:`small_hparams` returns the first with overrides,
+:func:`small_model` and :func:`small_flow` build from it, :func:`check_model` applies the second.
+A family of your own registered with :func:`~unflow_zoo.models.register_model` declares them
+the same way and gets the same helpers.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,8 +53,19 @@ from unflow_zoo.core.distributions import BaseDistribution, StandardNormal
 from unflow_zoo.core.flow import Flow
 from unflow_zoo.core.transform import Transform
 from unflow_zoo.errors import ConfigError, DataError
+from unflow_zoo.flows import build
+from unflow_zoo.models import FlowModule, get_model_class
 
-__all__ = ["TransformReport", "check_normalization", "check_transform", "randomize_parameters_"]
+__all__ = [
+    "TransformReport",
+    "check_model",
+    "check_normalization",
+    "check_transform",
+    "randomize_parameters_",
+    "small_flow",
+    "small_hparams",
+    "small_model",
+]
 
 
 def randomize_parameters_(module: torch.nn.Module, std: float = 0.1, seed: int = 0) -> torch.nn.Module:
@@ -267,3 +300,120 @@ def check_transform(
     else:
         notes.append("grid normalisation skipped")
     return TransformReport(inv_err, cancel_err, jac_err, norm, notes)
+
+
+def small_hparams(name: str, **overrides: Any) -> dict[str, Any]:
+    """The registered family ``name``'s test-size hyper-parameters, with ``overrides`` on top.
+
+    Args:
+        name: a registered family (see :func:`~unflow_zoo.models.list_models`).
+        **overrides: hyper-parameters that replace or add to the family's
+            :attr:`~unflow_zoo.models.base.FlowModule.small_hparams`.
+
+    Returns:
+        A fresh dict (a deep copy: changing it changes nothing in the family).
+
+    Raises:
+        ConfigError: an unknown family, or one that declares no ``small_hparams``.
+    """
+    cls = get_model_class(name)
+    if not cls.small_hparams:
+        raise ConfigError(
+            f"{name} ({cls.__qualname__}) declares no small_hparams: give the class the attribute "
+            "small_hparams: ClassVar[dict[str, Any]] = {...}, hyper-parameters under which a 2-D instance "
+            "builds and trains a few steps in well under a second"
+        )
+    return {**copy.deepcopy(cls.small_hparams), **overrides}
+
+
+def _seeded(seed: int | None, make: Any) -> Any:
+    """``make()`` after ``torch.manual_seed(seed)``, leaving the caller's random state as it was
+    (``seed=None``: on the caller's random state, advancing it)."""
+    if seed is None:
+        return make()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
+
+
+def small_model(name: str, event_shape: Sequence[int] = (2,), *, seed: int | None = 0, **overrides: Any) -> FlowModule:
+    """A small, seeded member of the registered family ``name``, as its LightningModule.
+
+    Built from the family's :attr:`~unflow_zoo.models.base.FlowModule.small_hparams` with
+    ``overrides`` on top, so a test names only what it varies::
+
+        small_model("maf")                                    # 2-D, unconditional
+        small_model("nsf", context_features=3, lr=1e-2)       # conditional, a training option
+        small_model("realnvp", gate=True)                     # a second layout
+        small_model("glow", event_shape=(2, 4, 4))            # an image event
+
+    Args:
+        name: a registered family.
+        event_shape: shape of one data point.
+        seed: the weights are drawn after ``torch.manual_seed(seed)``, on a forked random state:
+            the caller's random numbers are not touched. ``None``: drawn from the caller's state.
+        **overrides: hyper-parameters of the family or of
+            :class:`~unflow_zoo.models.base.FlowModule` (``lr``, ``context_features``, ...).
+
+    Returns:
+        The module, in training mode, as any new module; a freshly built flow is often close to
+        the identity (see :func:`randomize_parameters_`).
+
+    Raises:
+        ConfigError: an unknown family, one without ``small_hparams``, or a bad hyper-parameter.
+    """
+    hparams = small_hparams(name, **overrides)
+    cls = get_model_class(name)
+    return _seeded(seed, lambda: cls(event_shape=tuple(event_shape), **hparams))
+
+
+def small_flow(name: str, event_shape: Sequence[int] = (2,), *, seed: int | None = 0, **overrides: Any) -> Flow:
+    """The same small member of family ``name`` as :func:`small_model`, as a plain torch
+    :class:`~unflow_zoo.core.flow.Flow` from the family's Lightning-free builder
+    (:func:`unflow_zoo.flows.build`).
+
+    Under the same ``seed`` and ``overrides`` it holds the weights of ``small_model(...).flow``
+    (the builders draw the module's random numbers). ``overrides`` are flow hyper-parameters
+    only: a training option such as ``lr`` is a :class:`~unflow_zoo.errors.ConfigError` here.
+
+    Args:
+        name: a registered family.
+        event_shape: shape of one data point.
+        seed: as for :func:`small_model`.
+        **overrides: the family's flow hyper-parameters (``context_features``, ``bins``, ...).
+
+    Returns:
+        The flow, in training mode.
+
+    Raises:
+        ConfigError: an unknown family, one without ``small_hparams``, or a bad hyper-parameter.
+    """
+    hparams = small_hparams(name, **overrides)
+    return _seeded(seed, lambda: build(name, event_shape=tuple(event_shape), **hparams))
+
+
+def check_model(model: FlowModule, x: Tensor, context: Tensor | None = None, **options: Any) -> TransformReport:
+    """:func:`check_transform` on a family module's transform, with the family's options.
+
+    The options are the family's :attr:`~unflow_zoo.models.base.FlowModule.check_options`
+    with ``options`` on top. A context goes through the model's context embedding first (when
+    it has one), as it does in :meth:`~unflow_zoo.models.base.FlowModule.log_prob`: the
+    transform is checked at the context its conditioners see.
+
+    Args:
+        model: a :class:`~unflow_zoo.models.base.FlowModule` (it is not changed).
+        x: a batch ``(B, *event_shape)``.
+        context: the context batch ``(B, C)`` of a conditional model, else None.
+        **options: :func:`check_transform` keyword arguments.
+
+    Returns:
+        The :class:`TransformReport`.
+
+    Raises:
+        AssertionError: the transform breaks the contract; the message says how.
+    """
+    flow = model.flow
+    if context is not None and flow.context_embedding is not None:
+        with torch.no_grad():
+            context = flow.context_embedding(context)
+    return check_transform(flow.transform, x, context, **{**type(model).check_options, **options})

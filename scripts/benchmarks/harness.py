@@ -216,6 +216,20 @@ def machine() -> str:
     )
 
 
+def vs_ours(rows: dict[str, dict[str, float]]) -> list[tuple[str, dict[str, float], str, str]]:
+    """``(label, row, step ratio, sampling ratio)`` for rows keyed by implementation, ours first: the
+    step ratio is peer / ours over ``step_ms``, the sampling one ours / peer over ``samples_per_s``
+    (above 1: unflow-zoo is faster); ``-`` on our own row."""
+    ours = next((v for k, v in rows.items() if k.startswith("unflow-zoo")), None)
+    out = []
+    for k, v in sorted(rows.items(), key=lambda kv: not kv[0].startswith("unflow-zoo")):
+        mine = k.startswith("unflow-zoo") or ours is None
+        t = "-" if mine else ratio(v["step_ms"], ours["step_ms"])
+        s = "-" if mine else ratio(ours["samples_per_s"], v["samples_per_s"])
+        out.append((k, v, t, s))
+    return out
+
+
 def ratio(value: float, reference: float | None) -> str:
     if reference is None or not reference > 0 or not math.isfinite(value):
         return "-"

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from benchmarks import families
-from benchmarks.harness import Result, machine, mixture, ratio
+from benchmarks.harness import Result, machine, mixture, vs_ours
 
 NAME = "interleaved"
 
@@ -77,12 +77,7 @@ def table(results: list[Result]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in results:
-        rows = json.loads(r.note)
-        ours = next((v for k, v in rows.items() if k.startswith("unflow-zoo")), None)
-        for k, v in sorted(rows.items(), key=lambda kv: not kv[0].startswith("unflow-zoo")):
-            is_ours = k.startswith("unflow-zoo")
-            t = "-" if is_ours or ours is None else ratio(v["step_ms"], ours["step_ms"])
-            s = "-" if is_ours or ours is None else ratio(ours["samples_per_s"], v["samples_per_s"])
+        for k, v, t, s in vs_ours(json.loads(r.note)):
             lines.append(f"| {r.model} | {k} | {v['step_ms']:.2f} | {t} | {v['samples_per_s']:,.0f} | {s} |")
     return "\n".join(lines)
 

@@ -25,33 +25,21 @@ from unflow_zoo.models import FlowModule, create_model, get_model_class, list_mo
 from unflow_zoo.models.maf import MaskedAutoregressiveFlow
 from unflow_zoo.nn.mlp import MLP
 from unflow_zoo.pretrained.serialization import TRAINING_HPARAMS
-from unflow_zoo.testing import randomize_parameters_
+from unflow_zoo.testing import randomize_parameters_, small_hparams
 from unflow_zoo.transforms.affine import Affine
 
 B = 4  # batch
 C = 3  # context width
-_ODE = {"hidden": [8], "atol": 1e-4, "rtol": 1e-4}
-
-#: small members of every family (and a second layout or an image event for some): (family, hparams)
+#: every family at its own test sizes (its ``small_hparams``), then a second layout or an image
+#: event for some, as overrides of those sizes: (family, overrides)
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
-    "constrained": ("constrained", {"width": 8}),
+    **{name: (name, {}) for name in list_models()},
     "constrained-depth2": ("constrained", {"event_shape": (3,), "width": 4, "depth": 2, "n_layers": 2}),
-    "ffjord": ("ffjord", _ODE),
-    "ffjord-image": ("ffjord", {**_ODE, "hidden": [4], "event_shape": (1, 4, 4)}),
-    "glow": ("glow", {"n_layers": 2, "hidden": [8]}),
-    "glow-image": ("glow", {"event_shape": (2, 4, 4), "levels": 2, "steps_per_level": 1, "hidden_channels": 4}),
-    "linear": ("linear", {"n_layers": 2, "context_hidden": [8]}),
-    "maf": ("maf", {"n_layers": 2, "hidden": [8]}),
-    "naf": ("naf", {"n_layers": 2, "hidden": [8], "dsf_units": 4}),
-    "nsf": ("nsf", {"n_layers": 2, "hidden": [8], "bins": 4}),
-    "nsf-coupling": ("nsf", {"event_shape": (3,), "variant": "coupling", "n_layers": 2, "hidden": [8], "bins": 4}),
-    "realnvp": ("realnvp", {"n_layers": 2, "hidden": [8], "gate": True}),
-    "snf": ("snf", {"n_layers": 2}),
-    "snf-image": ("snf", {"event_shape": (1, 4, 4), "n_layers": 2, "n_blocks": 2}),
-    "unconstrained": (
-        "unconstrained",
-        {"n_layers": 2, "hidden": [8], "embedding": 2, "conditioner_hidden": [8], "n_nodes": 8},
-    ),
+    "ffjord-image": ("ffjord", {"hidden": [4], "event_shape": (1, 4, 4)}),
+    "glow-image": ("glow", {"event_shape": (2, 4, 4), "hidden_channels": 4}),
+    "nsf-coupling": ("nsf", {"event_shape": (3,), "variant": "coupling"}),
+    "realnvp-gate": ("realnvp", {"gate": True}),
+    "snf-image": ("snf", {"event_shape": (1, 4, 4), "n_blocks": 2}),
     "unconstrained-paper": (
         "unconstrained",
         {"layout": "paper", "integrand": "paper", "width": 8, "base": "exponential", "lower_limit": [-3.0, -3.0]},
@@ -61,7 +49,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
 
 def _case(key: str, **extra: Any) -> tuple[str, dict[str, Any]]:
     family, hp = CASES[key]
-    return family, {"event_shape": (2,), **hp, **extra}
+    return family, {"event_shape": (2,), **small_hparams(family, **hp, **extra)}
 
 
 def _inputs(event_shape: tuple[int, ...], context: int = 0, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -261,7 +249,7 @@ def test_the_builders_defaults_are_the_modules_defaults():
 
 def test_a_plain_torch_training_loop_fits_a_built_flow(two_moons):
     x = two_moons(256, 0)
-    flow = create_flow("maf", event_shape=(2,), n_layers=2, hidden=[16])
+    flow = create_flow("maf", event_shape=(2,), **small_hparams("maf"))
     opt = torch.optim.Adam(flow.parameters(), lr=1e-2)
     first = -flow.log_prob(x).mean().item()
     for _ in range(30):

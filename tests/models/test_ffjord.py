@@ -10,12 +10,14 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from unflow_zoo.cli import main
+from unflow_zoo.errors import ConfigError
 from unflow_zoo.models.ffjord import FFJORD
 from unflow_zoo.models.registry import create_model, list_models
-from unflow_zoo.testing import check_transform, randomize_parameters_
+from unflow_zoo.testing import check_transform, randomize_parameters_, small_model
 from unflow_zoo.transforms.ode import ODETransform
 
-SMALL = {"hidden": [16, 16], "lr": 1e-2}
+#: the adaptive solver in training too (the family's test sizes train with a fixed-step rk4)
+ADAPTIVE = {"train_solver": None, "train_step_size": None}
 
 
 def _loader(x: torch.Tensor, batch_size: int = 100) -> DataLoader:
@@ -35,7 +37,7 @@ def test_registered_with_the_paper_toy_defaults():
         1e-5,
         1e-5,
     )
-    assert len(m.blocks) == 1 and m.end_times() == pytest.approx([0.5])
+    assert len(m.blocks) == 1 and m.end_times() == pytest.approx([1.0])
     m = create_model("ffjord", event_shape=(3,), n_blocks=3, train_end_time=False)
     assert len(m.blocks) == 3 and not any("raw_end_time" in n for n, _ in m.named_parameters())
 
@@ -55,7 +57,7 @@ def test_stacked_blocks_pass_the_kit():
 
 def test_trains_on_two_moons_and_logs_nfe(trainer_factory, two_moons):
     x = two_moons(400, 0)
-    m = create_model("ffjord", event_shape=(2,), **SMALL)
+    m = small_model("ffjord", lr=1e-2, **ADAPTIVE)
     before = -m.log_prob(x).mean().item()
     trainer = trainer_factory(max_epochs=2, log_every_n_steps=1)
     trainer.fit(m, _loader(x, batch_size=50))
@@ -64,7 +66,7 @@ def test_trains_on_two_moons_and_logs_nfe(trainer_factory, two_moons):
     assert after < before - 0.2, (before, after)
     logged = trainer.logged_metrics
     assert logged["nfe_forward"] >= 8 and "nfe_backward" not in logged  # dopri5: at least one step (6 stages) + setup
-    assert "end_time_0" in logged and float(logged["end_time_0"]) != 0.5  # T is learnt
+    assert "end_time_0" in logged and float(logged["end_time_0"]) != m.hparams.end_time  # T is learnt
     s = m.sample(200)
     assert s.shape == (200, 2) and torch.isfinite(s).all()
 
@@ -72,14 +74,8 @@ def test_trains_on_two_moons_and_logs_nfe(trainer_factory, two_moons):
 def test_rk4_training_with_rnode_penalties(trainer_factory, two_moons):
     """Fixed-step training (4 rk4 steps = 16 evaluations), regularised loss goes down, energies logged."""
     x = two_moons(600, 1)
-    m = create_model(
-        "ffjord",
-        event_shape=(2,),
-        train_solver="rk4",
-        train_step_size=0.25,
-        kinetic_weight=0.1,
-        jacobian_weight=0.1,
-        **SMALL,
+    m = small_model(
+        "ffjord", train_solver="rk4", train_step_size=0.25, kinetic_weight=0.1, jacobian_weight=0.1, lr=1e-2
     )
     m.train()
     nll0 = -m.log_prob(x).mean()
@@ -102,7 +98,7 @@ def test_rk4_training_with_rnode_penalties(trainer_factory, two_moons):
 
 
 def test_adjoint_logs_backward_nfe(trainer_factory, two_moons):
-    m = create_model("ffjord", event_shape=(2,), adjoint=True, **SMALL)
+    m = small_model("ffjord", adjoint=True, lr=1e-2, **ADAPTIVE)
     trainer = trainer_factory(max_steps=2, log_every_n_steps=1)
     trainer.fit(m, _loader(two_moons(200, 0)))
     assert trainer.logged_metrics["nfe_backward"] > 0
@@ -112,8 +108,7 @@ def test_bf16_mixed_matches_float32(trainer_factory, two_moons):
     x = two_moons(100, 0)
     losses = {}
     for precision in ("32-true", "bf16-mixed"):
-        torch.manual_seed(0)
-        m = create_model("ffjord", event_shape=(2,), **SMALL)
+        m = small_model("ffjord", lr=1e-2, **ADAPTIVE)  # tests/test_precision.py trains the rk4 one
         trainer = trainer_factory(max_steps=1, precision=precision, log_every_n_steps=1)
         trainer.fit(m, _loader(x))
         losses[precision] = float(trainer.logged_metrics["train_nll"])
@@ -174,3 +169,30 @@ def test_8gaussians_config_reaches_the_true_entropy(tmp_path, capsys):
     out = capsys.readouterr().out
     kl = float(next(line.split()[1] for line in out.splitlines() if line.startswith("test_kl")))
     assert 0 <= kl < 0.2, out
+
+
+def test_gates_start_open_unless_asked_for_the_official_init():
+    """``gate_bias`` (default 3) opens every concatsquash gate at initialisation: with PyTorch's
+    default U(-1, 1) bias (``gate_bias=None``, the official code's) the gates start near 0.5 and a
+    deep net's initial dynamics are shrunk by about 2^-L (docs/benchmarks.md, FFJORD)."""
+    from unflow_zoo.transforms.ode import ConcatSquashLinear
+
+    def gates(model):
+        return [m.gate.bias for m in model.modules() if isinstance(m, ConcatSquashLinear)]
+
+    torch.manual_seed(0)
+    opened = gates(create_model("ffjord", event_shape=(3,), hidden=[8, 8]))
+    assert len(opened) == 3 and all(torch.equal(b, torch.full_like(b, 3.0)) for b in opened)
+    torch.manual_seed(0)
+    default = gates(create_model("ffjord", event_shape=(3,), hidden=[8, 8], gate_bias=None))
+    assert all(float(b.abs().max()) <= 1.0 for b in default)  # nn.Linear(1, n): U(-1, 1)
+    # on the same weights otherwise, open gates pass the dependence on z that closed ones squash
+    torch.manual_seed(1)
+    a = create_model("ffjord", event_shape=(3,), hidden=[8, 8])
+    torch.manual_seed(1)
+    b = create_model("ffjord", event_shape=(3,), hidden=[8, 8], gate_bias=-3.0)
+    z, t = torch.randn(64, 3), torch.tensor(0.3)
+    fa, fb = a.blocks[0].net(t, z), b.blocks[0].net(t, z)
+    assert float(fa.std(0).sum()) > 100 * float(fb.std(0).sum())
+    with pytest.raises(ConfigError, match="gate_bias"):
+        create_model("ffjord", event_shape=(3,), gate_bias=float("nan"))

@@ -24,7 +24,8 @@ def ffjord(
     n_blocks: int = 1,
     hidden: Sequence[int] = (64, 64, 64),
     act: str = "tanh",
-    end_time: float = 0.5,
+    gate_bias: float | None = 3.0,
+    end_time: float = 1.0,
     train_end_time: bool = True,
     solver: str = "dopri5",
     atol: float = 1e-5,
@@ -53,7 +54,10 @@ def ffjord(
         n_blocks: number of stacked ODE blocks.
         hidden: hidden widths of each ODE net.
         act: ``softplus``, ``tanh``, ``elu`` or ``silu``.
-        end_time: initial :math:`T` of each block.
+        gate_bias: initial bias of the concatsquash time gates (3: open gates; None: PyTorch's
+            default init, the official code's, whose half-closed gates slow the start of training).
+        end_time: initial :math:`T` of each block (the official code's 0.5 starts slower; see
+            docs/benchmarks.md).
         train_end_time: learn :math:`T`.
         solver: adaptive torchdiffeq solver.
         atol: absolute tolerance of ``solver``.
@@ -84,7 +88,9 @@ def ffjord(
     n_blocks = v.positive_int("n_blocks", n_blocks, owner=name)
     hidden = v.positive_ints("hidden", hidden, owner=name, allow_empty=False, fix="pass e.g. hidden=[64, 64, 64]")
     act = v.one_of("act", act, ("tanh", "softplus", "elu", "silu", "swish"), owner=name)
-    end_time = v.positive_float("end_time", end_time, owner=name, fix="pass e.g. end_time=0.5")
+    end_time = v.positive_float("end_time", end_time, owner=name, fix="pass e.g. end_time=1.0")
+    if gate_bias is not None:
+        gate_bias = v.in_range("gate_bias", gate_bias, owner=name, fix="pass e.g. gate_bias=3.0, or null")
     atol = v.positive_float("atol", atol, owner=name, fix="pass a small tolerance, e.g. atol=1e-5")
     rtol = v.positive_float("rtol", rtol, owner=name, fix="pass a small tolerance, e.g. rtol=1e-5")
     step = train_step_size
@@ -106,7 +112,7 @@ def ffjord(
     with v.config_errors(name):
         blocks = [
             ODETransform(
-                ODENet(shape, hidden, act, context_features=ctx),
+                ODENet(shape, hidden, act, context_features=ctx, gate_bias=gate_bias),
                 features=math.prod(shape),
                 end_time=end_time,
                 train_end_time=train_end_time,

@@ -50,6 +50,7 @@ def unconstrained(
     min_slope: float = 1e-3,
     permutation: str = "reverse",
     layout: str = "umnn-maf",
+    integrand_per_feature: bool = False,
     base: BaseSpec = "normal",
     context_features: int = 0,
     context_embedding: Sequence[int] | None = None,
@@ -82,6 +83,9 @@ def unconstrained(
         permutation: ``reverse`` or ``random`` (seeded) feature order between layers.
         layout: ``umnn-maf`` (a shared integrand on a MADE embedding) or ``paper`` (the seed
             paper's per-coordinate networks).
+        integrand_per_feature: in the ``umnn-maf`` layout, one MLP integrand per feature
+            (zuko's UNAF layout: ``D`` times the integrand's parameters, batched into one
+            matmul per layer) instead of one shared by the features; needs ``integrand="mlp"``.
         base: base distribution, by name or as a module.
         context_features: width of the context of a conditional flow (0: unconditional).
         context_embedding: widths of an MLP embedding the context, the last its output (None: none).
@@ -108,6 +112,16 @@ def unconstrained(
     phi = v.one_of("phi", phi, PHI_NAMES, owner=name)
     min_slope = v.non_negative_float("min_slope", min_slope, owner=name, fix="pass 0 or a small floor, e.g. 1e-3")
     permutation = v.one_of("permutation", permutation, ("reverse", "random"), owner=name)
+    if not isinstance(integrand_per_feature, bool):
+        raise ConfigError(
+            f"{name} needs integrand_per_feature true or false, got integrand_per_feature={integrand_per_feature!r}"
+        )
+    if integrand_per_feature and (layout != "umnn-maf" or integrand != "mlp"):
+        raise ConfigError(
+            f"{name} with integrand_per_feature=True stacks one MLP integrand per feature on the MADE embedding: it "
+            f"needs layout='umnn-maf' and integrand='mlp', got layout={layout!r}, integrand={integrand!r} "
+            "(layout='paper' already has one network per coordinate)"
+        )
     paper_width = checked_hidden = checked_act = checked_embedding = checked_conditioner = None
     if integrand == "paper":
         paper_width = v.positive_int("width", width, owner=name)
@@ -188,6 +202,7 @@ def unconstrained(
                 init=init,
                 train_top=train_top,
                 context_features=ctx,
+                integrand_per_feature=integrand_per_feature,
             ),
             n_layers,
             d,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
@@ -19,9 +19,17 @@ from unflow_zoo.flows import validate as v
 from unflow_zoo.flows.common import context_embedding_net, stack_with_permutations
 from unflow_zoo.flows.common import vector_features as _vector_features
 from unflow_zoo.metrics import bits_per_dim, fit_gaussian
+from unflow_zoo.models.compiled import (
+    _COMPILE_MODES,
+    CompileFallbackWarning,
+    CompileMode,
+    _Compiled,
+    _flow_log_prob,
+    _flow_sample,
+)
 from unflow_zoo.models.pretrained_io import pretrained_io
 
-__all__ = ["FlowModule", "stack_with_permutations"]
+__all__ = ["CompileFallbackWarning", "FlowModule", "stack_with_permutations"]
 
 #: the builder arguments a FlowModule supplies itself (see :meth:`FlowModule.build_with`)
 _SUPPLIED = ("event_shape", "base", "context_features", "context_embedding")
@@ -130,12 +138,43 @@ class FlowModule(L.LightningModule):
             conditioner sees it, the last being the embedding's width (e.g. ``[64, 16]``);
             None feeds the raw context. Override :meth:`make_context_embedding` for another
             network (a CNN for image contexts).
+        compile: run the flow's log-density (training, validation, test and :meth:`log_prob`)
+            and, where the family gains from it, its sampling under :func:`torch.compile`. The
+            first call compiles (tens of seconds on CPU; a new batch shape, grad mode or dtype
+            compiles again, the second time with dynamic shapes); the weights, their names in the
+            ``state_dict``, checkpoints and pretrained files are those of the eager model, and the
+            results agree with eager mode to float rounding. A part the compiler fails on (or a
+            family whose :meth:`compile_unsupported` says why it cannot compile) runs eagerly, with
+            one :class:`CompileFallbackWarning` naming the family and the reason; sampling is
+            compiled only where :attr:`compile_sampling` says it helps. Per-family speed-ups:
+            docs/benchmarks.md.
+        compile_mode: torch.compile's ``mode`` (``default``, ``reduce-overhead``,
+            ``max-autotune``, ``max-autotune-no-cudagraphs``); None: torch's default. Read only
+            under ``compile=True``.
 
     Raises:
         ConfigError: an argument outside the range above, or an unknown optimizer or scheduler.
     """
 
     registry_name: str = "custom"
+    small_hparams: ClassVar[dict[str, Any]] = {}
+    """The family's test sizes: the hyper-parameters (size knobs and, where the defaults are slow to
+    train, solver settings) under which a 2-D instance, and an image one where the family takes
+    images, builds and trains a few steps in well under a second, e.g. ``{"n_layers": 2, "hidden":
+    [16]}``. Flow hyper-parameters only, no training options, so that the family's Lightning-free
+    builder takes them too. :func:`~unflow_zoo.testing.small_model` and
+    :func:`~unflow_zoo.testing.small_flow` build from them; every registered family declares its
+    own, on its class (the registry-wide contract test checks it)."""
+    check_options: ClassVar[dict[str, Any]] = {}
+    """The :func:`~unflow_zoo.testing.check_transform` options the family's small instance needs,
+    e.g. a numerical inverse's ``inverse_atol``, or ``check_grid=False`` for tails no small grid
+    holds (empty: the kit's defaults); :func:`~unflow_zoo.testing.check_model` applies them."""
+    #: Whether ``compile=True`` also compiles :meth:`sample` and :meth:`sample_and_log_prob`. Off
+    #: unless the family measured a gain (scripts/benchmarks/compile.py): a data-dependent redraw
+    #: check or numerical inverse splits sampling into many small graphs, often slower than eager.
+    #: Compiled sampling draws from the same distribution, but not the same numbers as eager mode
+    #: under one seed (inductor has its own random-number generator).
+    compile_sampling: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -151,9 +190,18 @@ class FlowModule(L.LightningModule):
         scheduler_patience: int = 5,
         context_features: int = 0,
         context_embedding: list[int] | None = None,
+        compile: bool = False,
+        compile_mode: CompileMode | None = None,
     ) -> None:
         super().__init__()
         owner = self.registry_name if self.registry_name != "custom" else type(self).__name__
+        if not isinstance(compile, bool):
+            raise ConfigError(f"{owner}: compile must be true or false, got {compile!r}")
+        if compile_mode is not None and compile_mode not in _COMPILE_MODES:
+            raise ConfigError(
+                f"{owner}: unknown compile_mode {compile_mode!r}; choose {', '.join(_COMPILE_MODES)} "
+                "(or leave it unset for torch's default)"
+            )
         if optimizer not in _OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {optimizer!r}; choose adam, adamw or sgd")
         if scheduler not in _SCHEDULERS:
@@ -201,6 +249,8 @@ class FlowModule(L.LightningModule):
         self._pending_batch: int | None = None
         self._last_finite_loss: Tensor | None = None
         self._last_finite_step: int | None = None
+        # compile=True: the compiled log-density and sampling, built at their first call (never pickled)
+        self._compiled: dict[str, _Compiled] = {}
         # the ML Gaussian of the data module's training split, refitted at the start of every
         # evaluation epoch (O(N D^2), small next to evaluating a flow) so it never goes stale
         self._gaussian_baseline: torch.distributions.MultivariateNormal | None = None
@@ -283,20 +333,68 @@ class FlowModule(L.LightningModule):
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         r""":math:`\log q(x \mid c)`, shape ``(B,)``, in float32 or wider (see the class docstring);
-        ``context`` ``(B, C)`` or one ``(C,)`` row for all points (conditional flows only)."""
-        return _at_least_float32(self.flow.log_prob(x, context))
+        ``context`` ``(B, C)`` or one ``(C,)`` row for all points (conditional flows only).
+        Under ``compile=True``, the compiled log-density (see the class's ``compile``)."""
+        compiled = self._compiled_part("log_prob")
+        if compiled is None:
+            return _at_least_float32(self.flow.log_prob(x, context))
+        return _at_least_float32(compiled(self.flow, x, context))
 
     def sample(self, n: int, context: Tensor | None = None, *, temperature: float = 1.0) -> Tensor:
         """``n`` draws, ``(n, *event_shape)``; ``(n, B, *event_shape)`` for a ``(B, C)`` context
         (see :meth:`unflow_zoo.core.flow.Flow.sample`, also for ``temperature``)."""
-        return self.flow.sample(n, context, temperature=temperature)
+        compiled = self._compiled_part("sample")
+        if compiled is None:
+            return self.flow.sample(n, context, temperature=temperature)
+        return compiled(self.flow, n, context, temperature, False)[0]
 
     def sample_and_log_prob(
         self, n: int, context: Tensor | None = None, *, temperature: float = 1.0
     ) -> tuple[Tensor, Tensor]:
         """Draws and their log-densities from one inverse pass (see :meth:`sample`)."""
-        x, lp = self.flow.sample_and_log_prob(n, context, temperature=temperature)
+        compiled = self._compiled_part("sample")
+        if compiled is None:
+            x, lp = self.flow.sample_and_log_prob(n, context, temperature=temperature)
+        else:
+            x, lp = compiled(self.flow, n, context, temperature, True)
         return x, _at_least_float32(lp)
+
+    # ----- compiled training (compile=True) ---------------------------------------------
+    def compile_unsupported(self) -> str | None:
+        """Why ``compile=True`` cannot usefully compile this module's log-density; None (the default) if
+        it can. A family overrides it where the compiler is measured to fail in a way the first-call
+        fallback cannot catch (an error in the backward pass, minutes of compiling before an error) or
+        to split the log-density into so many graphs that it runs slower than eager mode. The module
+        then runs eagerly and says so once, with a :class:`CompileFallbackWarning` giving this reason. A
+        failure torch.compile reports as an error at the call needs no override: it falls back there."""
+        return None
+
+    def _compiled_part(self, part: Literal["log_prob", "sample"]) -> _Compiled | None:
+        """The compiled ``part`` of the flow under ``compile=True``; None where it runs eagerly
+        (compile off, sampling not compiled for this family, or a fallback already warned)."""
+        if not self.hparams.get("compile", False) or (part == "sample" and not self.compile_sampling):
+            return None
+        compiled = self._compiled.get(part)
+        if compiled is None:
+            owner = self.registry_name if self.registry_name != "custom" else type(self).__name__
+            fn = _flow_log_prob if part == "log_prob" else _flow_sample
+            compiled = self._compiled[part] = _Compiled(fn, owner, part, self.hparams.get("compile_mode"))
+            reason = self.compile_unsupported() if part == "log_prob" else None
+            if reason is not None:
+                compiled.fall_back(reason)
+        return None if compiled.fallback is not None else compiled
+
+    @property
+    def compile_fallbacks(self) -> dict[str, str]:
+        """The parts of the flow that ``compile=True`` runs eagerly after all, and why (empty: every
+        part called so far is compiled). Filled at each part's first call."""
+        return {part: c.fallback for part, c in self._compiled.items() if c.fallback is not None}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the compiled functions hold torch.compile's caches: a copy or an unpickled module compiles anew
+        state = super().__getstate__()
+        state["_compiled"] = {}
+        return state
 
     def distribution(self, context: Tensor | None = None) -> FlowDistribution:
         """The flow given ``context`` as a ``torch.distributions.Distribution``

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor
 
@@ -80,6 +80,10 @@ class ConstrainedFlow(FlowModule):
         De Cao, Titov & Aziz, "Block Neural Autoregressive Flow", UAI 2019.
     """
 
+    small_hparams: ClassVar[dict[str, Any]] = {"width": 8}
+    # the linear term's slope 0.01 spreads the tails over hundreds of units: no small grid holds them
+    check_options: ClassVar[dict[str, Any]] = {"check_grid": False}
+
     def __init__(
         self,
         event_shape: tuple[int, ...] = (2,),
@@ -100,6 +104,17 @@ class ConstrainedFlow(FlowModule):
         """The flow of :func:`unflow_zoo.flows.constrained.constrained`, the family's Lightning-free builder, from this
         module's hyper-parameters and hooks (see :meth:`~unflow_zoo.models.base.FlowModule.build_with`)."""
         return self.build_with(constrained)
+
+    def compile_unsupported(self) -> str | None:
+        # measured (scripts/benchmarks/compile.py): depth 1 runs the fused C kernel, which torch.compile
+        # cannot trace; its plain-torch twin graph-breaks at the saturated-rows check (nonzero) and ran
+        # several times slower compiled than eager. depth > 1 (the log-space path) compiles.
+        if self.hparams.get("depth", 1) == 1:
+            return (
+                "the one-hidden-layer map (depth=1) is a fused C kernel that torch.compile cannot trace, and "
+                "compiling its plain-torch version is slower than eager (depth > 1 compiles)"
+            )
+        return None
 
     @property
     def blocks(self) -> list[ConstrainedMonotone]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from unflow_zoo.core.flow import Flow
 from unflow_zoo.flows.linear import linear
@@ -51,6 +51,8 @@ class LinearFlow(FlowModule):
         Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1
         Convolutions", NeurIPS 2018 (the LU parametrisation).
     """
+
+    small_hparams: ClassVar[dict[str, Any]] = {"n_layers": 2, "context_hidden": [16]}
 
     def __init__(
         self,

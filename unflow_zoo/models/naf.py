@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from unflow_zoo.core.flow import Flow
 from unflow_zoo.flows.naf import naf
@@ -58,6 +58,12 @@ class NeuralAutoregressiveFlow(FlowModule):
         Shah, Deshpande & Goyal, "Learning and Generalization in Overparameterized
         Normalizing Flows", AISTATS 2022, arXiv:2106.10535.
     """
+
+    small_hparams: ClassVar[dict[str, Any]] = {"n_layers": 2, "hidden": [16], "dsf_units": 4}
+    # bisection inverse: sampling 5000 points to find the grid's bounds is slow, so they are given (2-D)
+    check_options: ClassVar[dict[str, Any]] = {"grid_bounds": [(-7.0, 7.0), (-7.0, 7.0)]}
+    #: compile=True also compiles sampling: measured 1.97x faster (docs/benchmarks.md, compile suite)
+    compile_sampling: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from unflow_zoo.core.flow import Flow
 from unflow_zoo.flows.nsf import nsf
@@ -54,6 +54,10 @@ class NeuralSplineFlow(FlowModule):
         Gregory & Delbourgo, "Piecewise rational quadratic interpolation to monotonic
         data", IMA Journal of Numerical Analysis, 1982.
     """
+
+    small_hparams: ClassVar[dict[str, Any]] = {"n_layers": 2, "hidden": [16], "bins": 4}
+    #: compile=True also compiles sampling: measured 2.47x faster (docs/benchmarks.md, compile suite)
+    compile_sampling: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from unflow_zoo.core.flow import Flow
 from unflow_zoo.flows.realnvp import realnvp
@@ -40,6 +40,8 @@ class RealNVP(FlowModule):
         Kumar et al., "InFlow: Robust outlier detection utilizing Normalizing Flows",
         arXiv:2106.12894, 2021 (``gate=True``).
     """
+
+    small_hparams: ClassVar[dict[str, Any]] = {"n_layers": 2, "hidden": [16]}
 
     def __init__(
         self,

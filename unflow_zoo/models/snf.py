@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor
 
@@ -84,6 +84,9 @@ class SelfNormalizingFlow(FlowModule):
         Keller, Peters, Jaini, Hoogeboom, Forré & Welling, "Self Normalizing Flows",
         ICML 2021, arXiv:2011.07248.
     """
+
+    small_hparams: ClassVar[dict[str, Any]] = {"n_layers": 2, "n_blocks": 1}
+    check_options: ClassVar[dict[str, Any]] = {"inverse_atol": 1e-5}  # the activation inverts by Newton steps
 
     def __init__(
         self,

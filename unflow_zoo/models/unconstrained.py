@@ -2,7 +2,7 @@ r"""Unconstrained flows: integrals of positive, unconstrained networks (UMNN, th
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor
 
@@ -114,6 +114,12 @@ class UnconstrainedFlow(FlowModule):
         permutation: ``reverse`` or ``random`` (seeded) feature order between layers.
         layout: ``umnn-maf`` (a shared integrand on a MADE embedding) or ``paper`` (the seed
             paper's per-coordinate networks on the raw :math:`x_{<i}`), see above.
+        integrand_per_feature: in the UMNN-MAF layout, one MLP integrand :math:`N_i` per
+            coordinate (zuko's UNAF layout) instead of one shared :math:`N`: ``D`` times the
+            integrand's parameters at about the same cost per step (the ``D`` networks run as
+            one batched matmul per layer); the capacity that high-dimensional data needs (see
+            docs/benchmarks.md, D = 43). Needs ``integrand="mlp"``; ``False`` (the default) keeps
+            UMNN's shared integrand and every existing checkpoint.
         **kwargs: :class:`~unflow_zoo.models.base.FlowModule` options (``base``, ``lr``, ...).
 
     References:
@@ -124,6 +130,17 @@ class UnconstrainedFlow(FlowModule):
         | Papamakarios, Pavlakou & Murray, "Masked Autoregressive Flow for Density
           Estimation", NeurIPS 2017.
     """
+
+    # ``width`` is the paper integrand's (integrand="paper"); the MLP integrand ignores it
+    small_hparams: ClassVar[dict[str, Any]] = {
+        "n_layers": 2,
+        "hidden": [16],
+        "embedding": 4,
+        "conditioner_hidden": [16],
+        "n_nodes": 16,
+        "width": 16,
+    }
+    check_options: ClassVar[dict[str, Any]] = {"inverse_atol": 1e-5}  # a numerical inverse (safeguarded Newton)
 
     def __init__(
         self,
@@ -145,6 +162,7 @@ class UnconstrainedFlow(FlowModule):
         min_slope: float = 1e-3,
         permutation: Literal["reverse", "random"] = "reverse",
         layout: Literal["umnn-maf", "paper"] = "umnn-maf",
+        integrand_per_feature: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(event_shape=event_shape, **kwargs)

@@ -132,7 +132,11 @@ def available() -> bool:
 
 
 def usable(*tensors: Tensor | None) -> bool:
-    """Whether these tensors can go to the kernels: float32, on the CPU, no autocast quirks."""
+    """Whether these tensors can go to the kernels: float32, on the CPU, no autocast quirks, and
+    not under torch.compile (its tracer's tensors have no memory for a kernel to read or write:
+    called through ctypes on them, the kernels corrupt the heap)."""
+    if torch.compiler.is_compiling():
+        return False
     for t in tensors:
         if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
             return False

@@ -124,12 +124,27 @@ class MADE(nn.Module):
         """The autoregressive order: ``order[k]`` is the feature in position ``k`` (from :attr:`degrees`)."""
         return torch.argsort(self.degrees)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+    def context_terms(self, context: Tensor | None) -> list[Tensor] | None:
+        """Each hidden layer's bias plus its context projection, :math:`b_l + W^c_l c`: the part of
+        every layer's pre-activation that does not depend on ``x``. An autoregressive inverse makes
+        ``D`` passes with one context; it computes these once and hands them to :meth:`forward`."""
+        if context is None or self.context_layers is None:
+            return None
+        return [
+            F.linear(context, ctx.weight, layer.bias) for ctx, layer in zip(self.context_layers, self.hidden_layers)
+        ]
+
+    def forward(self, x: Tensor, context: Tensor | None = None, terms: list[Tensor] | None = None) -> Tensor:
+        """``(B, features, n_params)``; ``terms`` are :meth:`context_terms` of ``context`` when the
+        caller already has them."""
+        if terms is None:
+            terms = self.context_terms(context)
         h = x
         for i, layer in enumerate(self.hidden_layers):
-            h = layer(h)
-            if context is not None and self.context_layers is not None:
-                h = h + self.context_layers[i](context)
+            if terms is None:
+                h = layer(h)
+            else:  # one fused op: the context's share and the bias are in terms[i]
+                h = torch.addmm(terms[i], h, (layer.weight * layer.mask).t())
             h = self.act(h)
         out = self.out(h)
         if context is not None and self.context_out is not None:

@@ -59,7 +59,7 @@ __all__ = [
 #: where a family's module keeps its flow: the weights' names start with it
 FLOW_PREFIX = "flow."
 #: the hyper-parameters of a pretrained flow that configure its training, not the flow
-#: (FlowModule's optimisation arguments); :func:`build_flow` leaves them out
+#: (FlowModule's optimisation and compilation arguments); :func:`build_flow` leaves them out
 TRAINING_HPARAMS = (
     "lr",
     "optimizer",
@@ -69,6 +69,8 @@ TRAINING_HPARAMS = (
     "scheduler_step_size",
     "scheduler_gamma",
     "scheduler_patience",
+    "compile",
+    "compile_mode",
 )
 
 # The only data module a config may name: importing a class path named in a downloaded file

@@ -18,6 +18,11 @@ so a member starts from exactly the initialisation ``create_model`` gives under 
 and :meth:`~_Ensemble.member_state_dict` writes a member back into such a transform
 (``load_state_dict``), e.g. to save it as a pretrained flow.
 
+Models these ensembles cannot hold (the multi-layer UMNN-MAF and B-NAF flows of the MINIBOONE
+sweep) train one at a time behind the same interface: :class:`FlowMember` is a family's whole
+model as a one-member "ensemble" (batches ``(1, B, D)``), with the official codes' gradient
+clipping before its plain SGD step and the family's projection after it.
+
 References:
     Shah, Deshpande & Goyal, "Learning and Generalization in Overparameterized
     Normalizing Flows", AISTATS 2022, arXiv:2106.10535.
@@ -37,7 +42,7 @@ from unflow_zoo.transforms.positive import log_positive
 from unflow_zoo.transforms.relu_integral import relu_net_integral_and_value
 from unflow_zoo.transforms.tanh_sum import tanh_sum
 
-__all__ = ["ConstrainedEnsemble", "UnconstrainedEnsemble"]
+__all__ = ["ConstrainedEnsemble", "FlowMember", "UnconstrainedEnsemble"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -90,8 +95,8 @@ class _Ensemble(nn.Module):
             for name, p in self.named_parameters():
                 if self.GROUPS.get(name) != group:
                     continue
-                num += (p.detach() - start[name]).double().flatten(1).square().sum(1).cpu()
-                den += start[name].double().flatten(1).square().sum(1).cpu()
+                num += self._member_sq(p.detach() - start[name])
+                den += self._member_sq(start[name])
             out[f"move_{group}"] = num.sqrt()
             out[f"rel_move_{group}"] = num.sqrt() / den.sqrt().clamp_min(1e-300)
         return out
@@ -101,8 +106,12 @@ class _Ensemble(nn.Module):
         total = torch.zeros(self.members, dtype=torch.float64)
         for p in self.trained().values():
             if p.grad is not None:
-                total += p.grad.double().flatten(1).square().sum(1).cpu()
+                total += self._member_sq(p.grad)
         return total
+
+    def _member_sq(self, t: Tensor) -> Tensor:
+        """Per member, the sum of squares of a stacked tensor ``(E, ...)``, float64 on the CPU, ``(E,)``."""
+        return t.double().flatten(1).square().sum(1).cpu()
 
     def member_state_dict(self, k: int) -> dict[str, Tensor]:  # pragma: no cover - per family
         raise NotImplementedError
@@ -279,3 +288,75 @@ class UnconstrainedEnsemble(_Ensemble):
               "lower": self.lower[k].detach().clone()}  # fmt: skip
         sd["W"] = (self.w_x[k] * self.mask_x).detach().clone() if self.w_x is not None else torch.zeros(d, m, d)
         return sd
+
+
+class FlowMember(_Ensemble):
+    r"""One whole model of a family, trained alone, behind the ensembles' interface (``E = 1``).
+
+    For the models a vectorised ensemble cannot hold (several layers, a MADE conditioner, an
+    MLP integrand: UMNN-MAF and B-NAF on MINIBOONE), so that the study's training loop, its
+    checkpoints and its result columns are the same for every job: ``log_prob`` takes
+    ``(1, B, D)`` and returns ``(1, B)``; :meth:`sgd_step` clips the gradient (by value and/or
+    by norm, as the official codes do before their step), takes a plain SGD step and calls
+    every ``project_`` of the model (the projection of clamp-positive weights, as
+    :class:`~unflow_zoo.models.base.FlowModule` does after each optimizer step); the
+    ``W``/``b``/``a`` groups of :meth:`movement` are the model's own ``parameter_groups()``
+    (UMNN: the integrand's hidden weights, biases and top layer; B-NAF: every block's hidden
+    weights, biases and output weights).
+
+    Args:
+        model: a module with ``log_prob(x)`` ``(B, D) -> (B,)`` and ``parameter_groups()``
+            (any :class:`~unflow_zoo.models.base.FlowModule` of the constrained or
+            unconstrained family).
+        features: ``D``.
+        width: the swept width (used for sizing evaluation blocks).
+        clip_value: clip every gradient entry to ``[-clip_value, clip_value]`` (None: no clipping).
+        clip_norm: rescale the gradient to a global 2-norm of at most ``clip_norm`` (None: no clipping).
+    """
+
+    def __init__(
+        self, model: nn.Module, features: int, width: int, clip_value: float | None = None,
+        clip_norm: float | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(1, features, width)
+        self.model = model
+        self.clip_value = None if clip_value is None else float(clip_value)
+        self.clip_norm = None if clip_norm is None else float(clip_norm)
+        names = {id(p): n for n, p in self.named_parameters()}
+        groups = model.parameter_groups()  # type: ignore[operator]
+        # an instance attribute: each model has its own parameter names
+        self.GROUPS = {names[id(t)]: g for g, ts in groups.items() for t in ts if id(t) in names}
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        self.check_batch(x)
+        return self.model.log_prob(x[0]).unsqueeze(0)  # type: ignore[operator]
+
+    @torch.no_grad()
+    def sgd_step(self, lr: Tensor) -> None:
+        """Clip, ``p -= lr * grad``, then :meth:`project_` (``lr`` of shape ``(1,)``)."""
+        params = [p for p in self.trained().values() if p.grad is not None]
+        if self.clip_value is not None:
+            nn.utils.clip_grad_value_(params, self.clip_value)
+        if self.clip_norm is not None:
+            nn.utils.clip_grad_norm_(params, self.clip_norm)
+        rate = float(lr.reshape(-1)[0])
+        for p in params:
+            p.sub_(p.grad, alpha=rate)  # type: ignore[arg-type]
+            p.grad = None
+        self.project_()
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        for m in self.model.modules():
+            project = getattr(m, "project_", None)
+            if callable(project):
+                project()
+
+    def _member_sq(self, t: Tensor) -> Tensor:
+        return t.double().square().sum().reshape(1).cpu()
+
+    def member_state_dict(self, k: int) -> dict[str, Tensor]:
+        """The model's own state dict (``k`` must be 0)."""
+        if k != 0:
+            raise IndexError(f"a FlowMember holds one member, got k={k}")
+        return {n: t.detach().clone() for n, t in self.model.state_dict().items()}

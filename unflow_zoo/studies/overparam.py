@@ -43,6 +43,38 @@ Variants:
   the confound that a wider unconstrained net takes larger steps in function space at a
   fixed rate.
 
+MINIBOONE (``--datasets miniboone``; never part of the default sweep): the official repository's
+other width sweep, UMNN and B-NAF on UCI MINIBOONE (``UMNN/run.py``: integrand widths 8 to 256,
+seeds 1 to 5; ``BNAF/density_estimation.py``). Each data set has a :class:`ModelSpec` (how its
+models are built, loaded, trained and costed; :func:`spec_of`), and this one differs from the
+synthetic sets' as follows:
+
+- **data**: the package's UCI loader (:func:`~unflow_zoo.data.uci.load_uci`): the MAF archive's
+  ``miniboone/data.npy`` (D = 43), its published tail split (the study uses train and test;
+  validation is unused) and MAF standardisation; NLLs are in those standardised units (the
+  literature's), and a seed only initialises the model and orders the batches. The file is
+  looked for in ``--data-dir`` (default ``$UNFLOW_ZOO_DATA``, else ``~/.cache/unflow_zoo/data``)
+  before any job starts; ``--download`` fetches the archive.
+- **unconstrained** (the official ``UCIExperiments.py`` with ``run.py``'s flags): one UMNN-MAF
+  layer, integrand MLP ``[w, w, w]`` (leaky ReLU, ELU + 1), MADE ``[w, w, w]``, embedding ``w``,
+  Clenshaw-Curtis with 50 steps (51 nodes), lower limit 0, standard normal base; SGD, lr 1e-3
+  divided by 10 every 100 epochs, gradients clipped by value at 1, batch 500, 500 epochs.
+  Departures: the offset :math:`\beta` is its own MADE output (UMNN reuses the first embedding
+  entry) and the derivative is exactly ELU + 1 (UMNN adds 1e-10 inside the log).
+- **constrained** (B-NAF, the official ``density_estimation.py`` as the repository ships it):
+  5 blocks with the order reversed between them, ``w`` hidden units per dimension, positive
+  diagonal blocks through ``exp``, ``bnaf_depth`` hidden layers per block (default 2; the
+  repository's command, ``--layers 0``, has 1: ``--bnaf-depth 1``); SGD, lr 1e-2, gradient norm
+  clipped at 0.1, batch 200, 1000 epochs. Departures: no weight normalisation, and the learned
+  gated residual is the fixed ``x + f(x)`` (``linear_term=1``, B-NAF's ``res="normal"``): with
+  the family's default slope of 0.01 the five blocks contract the data by about 1e-10 at
+  initialisation (an NLL near 900 nats instead of 61 on standardised data) and SGD at this rate
+  barely moves it.
+- widths ``8, 16, 32, 64, 128, 256`` for both families, the study's seeds, the ``paper`` variant
+  only (the ablation is the one-hidden-layer models'); the members of a job train one after
+  the other (:class:`~unflow_zoo.studies.ensemble.FlowMember`) through the same loop, with the
+  same checkpoints and result columns.
+
 References:
     Shah, Deshpande & Goyal, "Learning and Generalization in Overparameterized
     Normalizing Flows", AISTATS 2022, arXiv:2106.10535.
@@ -55,7 +87,7 @@ import csv
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -64,8 +96,11 @@ import torch
 from torch import Tensor
 
 from unflow_zoo.data import DensityDataModule
-from unflow_zoo.errors import ConfigError, MissingDependencyError
-from unflow_zoo.studies.ensemble import ConstrainedEnsemble, UnconstrainedEnsemble, _Ensemble
+from unflow_zoo.data.files import DataFileNotFoundError
+from unflow_zoo.data.paths import DATA_DIR_ENV
+from unflow_zoo.data.uci import UCI_DATASETS, load_uci
+from unflow_zoo.errors import ConfigError, DataError, MissingDependencyError
+from unflow_zoo.studies.ensemble import ConstrainedEnsemble, FlowMember, UnconstrainedEnsemble, _Ensemble
 from unflow_zoo.transforms.monotone import ConstrainedMonotone
 from unflow_zoo.transforms.paper_integral import PaperUnconstrainedTransform
 
@@ -73,24 +108,35 @@ __all__ = [
     "COLUMNS",
     "DATASETS",
     "FAMILIES",
+    "MINIBOONE",
     "PAPER",
+    "UCI_STUDY_DATASETS",
     "VARIANTS",
     "Job",
+    "ModelSpec",
+    "Setup",
     "StudyConfig",
     "batch_order",
     "build_ensemble",
+    "check_data",
     "full_config",
     "jobs_of",
     "load_split",
+    "load_uci_split",
+    "miniboone_model",
     "quick_config",
     "read_csv",
     "run_job",
     "run_study",
+    "spec_of",
     "write_csv",
 ]
 
 FAMILIES: tuple[str, ...] = ("constrained", "unconstrained")
+#: The default sweep: the paper's synthetic sets.
 DATASETS: tuple[str, ...] = ("mog1d", "beta1d", "grid", "mog5d", "gmm1d")
+#: Run only when named (``--datasets miniboone``): the official code's UCI sweep (see the module docstring).
+UCI_STUDY_DATASETS: tuple[str, ...] = ("miniboone",)
 VARIANTS: tuple[str, ...] = ("paper", "matched")
 #: Columns of results.csv, in order.
 COLUMNS: tuple[str, ...] = (
@@ -104,18 +150,58 @@ LOWER_LIMIT_MARGIN = 0.05
 
 @dataclass(frozen=True)
 class Setup:
-    """The paper's training setup of one family (see the module docstring)."""
+    """The training setup of one family on one kind of data set (see the module docstring).
+
+    Attributes:
+        lr: the SGD learning rate (the initial one when ``lr_step`` is set).
+        epochs, widths: the full study's.
+        scaling: ``standardize`` or ``ball`` (the synthetic sets), ``published`` (the UCI
+            loader's MAF standardisation).
+        quick_widths, quick_epochs: ``--quick``'s (empty / None: the full study's).
+        batch_size: points per step (None: :attr:`StudyConfig.batch_size`, the paper's 32).
+        clip_value, clip_norm: gradient clipping before each step, by value and by global norm
+            (None: none; only members trained one by one clip).
+        lr_step, lr_gamma: the rate is multiplied by ``lr_gamma`` every ``lr_step`` epochs (None: constant).
+    """
 
     lr: float
     epochs: int
-    scaling: str  # "standardize" or "ball"
+    scaling: str
     widths: tuple[int, ...]
+    quick_widths: tuple[int, ...] = ()
+    quick_epochs: int | None = None
+    batch_size: int | None = None
+    clip_value: float | None = None
+    clip_norm: float | None = None
+    lr_step: int | None = None
+    lr_gamma: float = 1.0
+
+    def rate_factor(self, epoch: int) -> float:
+        """The schedule's factor on :attr:`lr` during ``epoch`` (1 is the first epoch)."""
+        if self.lr_step is None or epoch < 1:
+            return 1.0
+        return self.lr_gamma ** ((epoch - 1) // self.lr_step)
 
 
+#: The paper's setups on the synthetic sets (``CNF/main.py``, ``UNF/main.py``); ``--quick`` takes
+#: three widths and a fifth of the epochs.
 PAPER: dict[str, Setup] = {
-    "constrained": Setup(lr=5e-4, epochs=200, scaling="standardize", widths=(10, 100, 1000, 10000)),
-    "unconstrained": Setup(lr=5e-3, epochs=100, scaling="ball", widths=(100, 400, 1600, 6400)),
-}
+    "constrained": Setup(lr=5e-4, epochs=200, scaling="standardize", widths=(10, 100, 1000, 10000),
+                         quick_widths=(10, 100, 1000), quick_epochs=40),
+    "unconstrained": Setup(lr=5e-3, epochs=100, scaling="ball", widths=(100, 400, 1600, 6400),
+                           quick_widths=(100, 400, 1600), quick_epochs=20),
+}  # fmt: skip
+
+#: The official MINIBOONE setups: UMNN (``UMNN/UCIExperiments.py`` with ``UMNN/run.py``'s flags) and
+#: B-NAF (``BNAF/density_estimation.py``); widths 8 to 256 as ``run.py``'s. ``--quick``: widths 8, 16, 32
+#: for 2 epochs (still minutes per member: these are 43-dimensional multi-layer flows).
+MINIBOONE: dict[str, Setup] = {
+    "constrained": Setup(lr=1e-2, epochs=1000, scaling="published", widths=(8, 16, 32, 64, 128, 256),
+                         quick_widths=(8, 16, 32), quick_epochs=2, batch_size=200, clip_norm=0.1),
+    "unconstrained": Setup(lr=1e-3, epochs=500, scaling="published", widths=(8, 16, 32, 64, 128, 256),
+                           quick_widths=(8, 16, 32), quick_epochs=2, batch_size=500, clip_value=1.0,
+                           lr_step=100, lr_gamma=0.1),
+}  # fmt: skip
 
 
 @dataclass
@@ -123,19 +209,28 @@ class StudyConfig:
     """One sweep; every field defaults to the full study at the paper's settings.
 
     Attributes:
-        families, datasets, variants: what to sweep (``variants`` per family in ``variant_families``).
-        widths, epochs: per family; ``None`` takes :data:`PAPER`'s.
-        seeds: one member per seed; each seeds the split, the initialisation and the batch order.
+        families, datasets, variants: what to sweep (``variants`` per family in ``variant_families``);
+            ``datasets`` from :data:`DATASETS` (the default) and :data:`UCI_STUDY_DATASETS`.
+        widths, epochs: per family, for every data set of the sweep; ``None`` takes each data set's
+            :class:`Setup` (:data:`PAPER`'s, :data:`MINIBOONE`'s; their quick ones with ``quick``).
+        quick: the few-minute version's widths and epochs where ``widths``/``epochs`` are None.
+        seeds: one member per seed; each seeds the split, the initialisation and the batch order
+            (on MINIBOONE the split is the published one: the seed initialises and orders only).
         variant_families: the families each variant runs for (the ablation targets the
             unconstrained flow, whose gradient norm grows with the width).
-        batch_size, test_fraction, n_samples: the paper's 32, 0.1 and its files' 10,000 points.
+        batch_size, test_fraction, n_samples: the paper's 32, 0.1 and its files' 10,000 points
+            (the synthetic sets; MINIBOONE has its published split and the official batch sizes).
+        data_dir, download: where the UCI files are (None: :func:`~unflow_zoo.data.paths.default_data_dir`),
+            and whether to fetch the archive when they are missing.
+        bnaf_depth: hidden layers per block of the constrained (B-NAF) flow on MINIBOONE.
         max_train, max_test: subsample the splits (smoke tests).
         max_steps: stop each epoch after this many steps (smoke tests; ``None``: all).
         eval_batch: points per forward pass of the full-data evaluation.
         jobs: local worker processes; ``threads``: torch threads in each.
         device: ``"cpu"`` or ``"cuda"``.
         order: ``"largest-first"`` (the pool packs best) or ``"cheapest-first"`` (a sweep stopped
-            early has finished as many jobs as possible); the 5-D set goes last either way.
+            early has finished as many jobs as possible); the 5-D set and then the UCI sets go
+            last either way.
         out: output folder.
     """
 
@@ -144,6 +239,7 @@ class StudyConfig:
     variants: tuple[str, ...] = ("paper",)
     widths: dict[str, tuple[int, ...] | None] = field(default_factory=lambda: {f: None for f in FAMILIES})
     epochs: dict[str, int | None] = field(default_factory=lambda: {f: None for f in FAMILIES})
+    quick: bool = False
     seeds: tuple[int, ...] = (0, 1, 2)
     variant_families: dict[str, tuple[str, ...]] = field(
         default_factory=lambda: {"paper": FAMILIES, "matched": ("unconstrained",)}
@@ -160,12 +256,15 @@ class StudyConfig:
     device: str = "cpu"
     order: str = "largest-first"
     out: Path | None = None
+    data_dir: Path | None = None
+    download: bool = False
+    bnaf_depth: int = 2
 
     def __post_init__(self) -> None:
         # every name and number is checked before the first (hours-long) job starts
         for name, values, known in (
             ("families", self.families, FAMILIES),
-            ("datasets", self.datasets, DATASETS),
+            ("datasets", self.datasets, DATASETS + UCI_STUDY_DATASETS),
             ("variants", self.variants, VARIANTS),
         ):
             unknown = [v for v in values if v not in known]
@@ -181,7 +280,7 @@ class StudyConfig:
                 raise ConfigError(f"study overparam: {family} epochs must be >= 1, got {epochs}")
         if not self.seeds:
             raise ConfigError("study overparam: give at least one seed")
-        for name in ("batch_size", "n_samples", "eval_batch", "jobs", "threads"):
+        for name in ("batch_size", "n_samples", "eval_batch", "jobs", "threads", "bnaf_depth"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"study overparam: {name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_train", "max_test", "max_steps"):
@@ -193,13 +292,25 @@ class StudyConfig:
         if self.order not in ("largest-first", "cheapest-first"):
             raise ConfigError(f"study overparam: order must be largest-first or cheapest-first, got {self.order!r}")
 
-    def widths_for(self, family: str) -> tuple[int, ...]:
-        w = self.widths.get(family)
-        return PAPER[family].widths if w is None else tuple(int(v) for v in w)
+    def setup_for(self, family: str, data: str | None = None) -> Setup:
+        """The :class:`Setup` of ``family`` on ``data`` (None: a synthetic set, :data:`PAPER`'s)."""
+        return PAPER[family] if data is None else spec_of(data).setup(family)
 
-    def epochs_for(self, family: str) -> int:
+    def widths_for(self, family: str, data: str | None = None) -> tuple[int, ...]:
+        """The widths of ``family`` on ``data``: :attr:`widths` if given, else the set's (quick) ones."""
+        w = self.widths.get(family)
+        if w is not None:
+            return tuple(int(v) for v in w)
+        setup = self.setup_for(family, data)
+        return setup.quick_widths if self.quick and setup.quick_widths else setup.widths
+
+    def epochs_for(self, family: str, data: str | None = None) -> int:
+        """The epochs of ``family`` on ``data``: :attr:`epochs` if given, else the set's (quick) ones."""
         e = self.epochs.get(family)
-        return PAPER[family].epochs if e is None else int(e)
+        if e is not None:
+            return int(e)
+        setup = self.setup_for(family, data)
+        return setup.quick_epochs if self.quick and setup.quick_epochs is not None else setup.epochs
 
 
 def full_config(**overrides: Any) -> StudyConfig:
@@ -209,14 +320,9 @@ def full_config(**overrides: Any) -> StudyConfig:
 
 def quick_config(**overrides: Any) -> StudyConfig:
     """A few minutes on two cores: ``mog1d`` and ``gmm1d`` (known density), three widths per
-    family, two seeds, a fifth of the paper's epochs (40 / 20), both variants."""
-    cfg = StudyConfig(
-        datasets=("mog1d", "gmm1d"),
-        variants=("paper", "matched"),
-        widths={"constrained": (10, 100, 1000), "unconstrained": (100, 400, 1600)},
-        epochs={"constrained": 40, "unconstrained": 20},
-        seeds=(0, 1),
-    )
+    family (10, 100, 1000 / 100, 400, 1600), two seeds, a fifth of the paper's epochs (40 / 20),
+    both variants. With ``datasets=("miniboone",)``: widths 8, 16, 32 for 2 epochs (tens of minutes)."""
+    cfg = StudyConfig(quick=True, datasets=("mog1d", "gmm1d"), variants=("paper", "matched"), seeds=(0, 1))
     return replace(cfg, **overrides)
 
 
@@ -235,7 +341,14 @@ class Split:
 
 
 def load_split(data: str, seed: int, scaling: str, config: StudyConfig) -> Split:
-    """The seeded 90/10 split of ``data``, scaled the paper's way for one family.
+    """The split of ``data`` for the member of ``seed``, scaled for one family: the data set's
+    :class:`ModelSpec` loader (a synthetic set: :func:`load_synthetic_split`; MINIBOONE:
+    :func:`load_uci_split`)."""
+    return spec_of(data).load(data, seed, scaling, config)
+
+
+def load_synthetic_split(data: str, seed: int, scaling: str, config: StudyConfig) -> Split:
+    """The seeded 90/10 split of a synthetic ``data`` set, scaled the paper's way for one family.
 
     ``standardize``: zero mean and unit variance per coordinate (constrained); ``ball``: divide
     by twice the largest training norm (unconstrained, ``UNF/utils.py``). Statistics come
@@ -268,6 +381,42 @@ def load_split(data: str, seed: int, scaling: str, config: StudyConfig) -> Split
     tr, te = ((v - mean) / std for v in (train, test))
     lower = tr.min(0).values - LOWER_LIMIT_MARGIN
     return Split(tr.float(), te.float(), float(torch.log(std).sum()), true_nll, lower.float())
+
+
+def _uci_arrays(data: str, config: StudyConfig) -> tuple[Any, Any, Any]:
+    """The published ``(train, val, test)`` arrays of a UCI set, through the package's loader; a
+    missing file raises the loader's message (where to put it, how to download it) plus the
+    study's own options."""
+    try:
+        splits = load_uci(data, config.data_dir, download=config.download)
+    except DataFileNotFoundError as err:
+        raise DataFileNotFoundError(
+            f"study overparam --datasets {data}: {err}. For the study: --data-dir DIR (or ${DATA_DIR_ENV}) "
+            f"names the folder that holds {data}/data.npy, and --download fetches the archive there first."
+        ) from err
+    expected = UCI_DATASETS[data]
+    for part, name in zip(splits, ("train", "validation", "test"), strict=True):
+        if part.ndim != 2 or part.shape[1] != expected:
+            raise DataError(
+                f"study overparam: the {data} {name} split has shape {part.shape}, expected (N, {expected}) "
+                f"(the MAF archive's {data}/data.npy); is the file from another version of the archive?"
+            )
+    return splits
+
+
+def load_uci_split(data: str, seed: int, scaling: str, config: StudyConfig) -> Split:
+    """The published train and test splits of a UCI set (MINIBOONE), MAF-standardised by
+    :func:`~unflow_zoo.data.uci.load_uci`; the validation split is unused.
+
+    Neither ``seed`` (it initialises the model and orders the batches only) nor ``scaling``
+    (``published``) changes them; NLLs stay in these standardised units, the literature's
+    (``log_scale = 0``), and there is no true density (``true_nll`` NaN). ``max_train`` and
+    ``max_test`` keep the first rows.
+    """
+    train, _, test = _uci_arrays(data, config)
+    tr = torch.from_numpy(train[: config.max_train]).float()
+    te = torch.from_numpy(test[: config.max_test]).float()
+    return Split(tr, te, 0.0, math.nan, torch.zeros(tr.shape[1]))
 
 
 def batch_order(seed: int, epoch: int, n: int) -> Tensor:
@@ -319,6 +468,150 @@ def build_ensemble(family: str, width: int, features: int, seeds: Sequence[int],
     return UnconstrainedEnsemble.from_transforms(members)
 
 
+def miniboone_model(family: str, width: int, features: int, seed: int, depth: int = 2) -> Any:
+    """The package's model closest to the official MINIBOONE run of ``family`` at ``width``
+    (see the module docstring), initialised under ``seed``: a ``create_model`` module.
+
+    - ``unconstrained``: UMNN-MAF with one layer, MLP integrand and MADE ``[width] * 3``, embedding
+      ``width``, 51 Clenshaw-Curtis nodes, lower limit 0, ``min_slope=0``, standard normal base.
+    - ``constrained``: B-NAF, 5 blocks of ``depth`` hidden layers of ``width`` units per dimension,
+      ``exp`` positivity, the residual ``x + f(x)`` (``linear_term=1``).
+    """
+    from unflow_zoo.models import create_model  # the study sits above the families
+
+    torch.manual_seed(seed)
+    if family == "unconstrained":
+        return create_model(
+            "unconstrained", event_shape=(features,), integrand="mlp", hidden=[width] * 3, activation="leaky_relu",
+            embedding=width, conditioner_hidden=[width] * 3, n_layers=1, quadrature="clenshaw-curtis", n_nodes=51,
+            phi="elu", min_slope=0.0, base="normal", lower_limit=0.0,
+        )  # fmt: skip
+    if family == "constrained":
+        return create_model(
+            "constrained", event_shape=(features,), width=width, depth=depth, n_layers=5, positivity="exp",
+            linear_term=1.0,
+        )  # fmt: skip
+    raise ConfigError(f"unknown family {family!r}; choose one of {FAMILIES}")
+
+
+def _build_paper(
+    family: str, width: int, features: int, seeds: Sequence[int], lowers: Sequence[Tensor], config: StudyConfig
+) -> _Ensemble:
+    return build_ensemble(family, width, features, seeds, lowers)
+
+
+def _build_miniboone(
+    family: str, width: int, features: int, seeds: Sequence[int], lowers: Sequence[Tensor], config: StudyConfig
+) -> _Ensemble:
+    (seed,) = seeds  # one member at a time
+    setup = MINIBOONE[family]
+    model = miniboone_model(family, width, features, seed, depth=config.bnaf_depth)
+    return FlowMember(model, features, width, clip_value=setup.clip_value, clip_norm=setup.clip_norm)
+
+
+def _check_uci(data: str, config: StudyConfig) -> None:
+    _uci_arrays(data, config)
+
+
+# ----- what each data set trains ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the study trains on one kind of data set, and how.
+
+    Attributes:
+        name: ``paper`` (the synthetic sets) or ``miniboone``.
+        setups: family -> :class:`Setup`.
+        variants: the variants it runs (the others are skipped for its data sets).
+        ensemble: True: a job's seeds train together as one vectorised model; False: one after
+            the other (a :class:`~unflow_zoo.studies.ensemble.FlowMember` each) in the same loop.
+        load: ``(data, seed, scaling, config) -> Split``.
+        build: ``(family, width, features, seeds, lowers, config) -> _Ensemble`` (one seed when
+            not ``ensemble``).
+        step_seconds: ``(job, config, features) -> float``, the estimated seconds of one training
+            step of the job's model (all its members at once for an ensemble), one CPU thread.
+        steps_per_epoch: ``(job, config) -> int``, at the full split size.
+        check: ``(data, config) -> None``, raises before any job starts when the data cannot be
+            loaded (None: nothing to check).
+    """
+
+    name: str
+    setups: Mapping[str, Setup]
+    variants: tuple[str, ...]
+    ensemble: bool
+    load: Callable[[str, int, str, StudyConfig], Split]
+    build: Callable[[str, int, int, Sequence[int], Sequence[Tensor], StudyConfig], _Ensemble]
+    step_seconds: Callable[[Job, StudyConfig, int], float]
+    steps_per_epoch: Callable[[Job, StudyConfig], int]
+    check: Callable[[str, StudyConfig], None] | None = None
+
+    def setup(self, family: str) -> Setup:
+        if family not in self.setups:
+            raise ConfigError(f"unknown family {family!r}; choose one of {FAMILIES}")
+        return self.setups[family]
+
+
+def _paper_step_seconds(job: Job, config: StudyConfig, features: int) -> float:
+    # members x units plus a per-step overhead (the vectorised ensembles, measured on one core)
+    return len(job.seeds) * features * job.width * 3e-6 + 6e-4
+
+
+#: Rows of the published MINIBOONE training split (36488 in data.npy; 3648 test, 3284 validation).
+MINIBOONE_TRAIN_ROWS = 29556
+
+
+def _miniboone_step_seconds(job: Job, config: StudyConfig, features: int) -> float:
+    # one member's SGD step at the official batch, measured on one thread of a busy 2-core CPU
+    # (UMNN: 0.65 s at w = 8, 3.4-4.5 s at 64, 48-50 s at 256; B-NAF depth 2: 0.17, 2.1-2.8, 47-63 s; depth 1:
+    # 0.07 s at 8, 0.5 s at 256): the integrand's w^2 per node, B-NAF's dense (D w)^2 hidden-to-hidden blocks
+    w = float(job.width)
+    if job.family == "unconstrained":
+        return 0.4 + 7.5e-4 * w * w
+    return 0.06 + 1.7e-3 * w + 7e-4 * (config.bnaf_depth - 1) * w * w
+
+
+def _paper_steps(job: Job, config: StudyConfig) -> int:
+    return 282  # 9000 training points in batches of 32
+
+
+def _miniboone_steps(job: Job, config: StudyConfig) -> int:
+    batch = MINIBOONE[job.family].batch_size or config.batch_size
+    n = min(MINIBOONE_TRAIN_ROWS, config.max_train or MINIBOONE_TRAIN_ROWS)
+    return -(-n // batch)
+
+
+PAPER_SPEC = ModelSpec(
+    name="paper", setups=PAPER, variants=VARIANTS, ensemble=True, load=load_synthetic_split, build=_build_paper,
+    step_seconds=_paper_step_seconds, steps_per_epoch=_paper_steps,
+)  # fmt: skip
+MINIBOONE_SPEC = ModelSpec(
+    name="miniboone", setups=MINIBOONE, variants=("paper",), ensemble=False, load=load_uci_split,
+    build=_build_miniboone, step_seconds=_miniboone_step_seconds, steps_per_epoch=_miniboone_steps,
+    check=_check_uci,
+)  # fmt: skip
+_SPECS: dict[str, ModelSpec] = {**{d: PAPER_SPEC for d in DATASETS}, "miniboone": MINIBOONE_SPEC}
+
+
+def spec_of(data: str) -> ModelSpec:
+    """The :class:`ModelSpec` of a data set of the study."""
+    try:
+        return _SPECS[data]
+    except KeyError:
+        known = ", ".join(DATASETS + UCI_STUDY_DATASETS)
+        raise ConfigError(f"study overparam: unknown data set {data!r}; choose from {known}") from None
+
+
+def check_data(config: StudyConfig, datasets: Sequence[str] | None = None) -> None:
+    """Raise (a :class:`~unflow_zoo.errors.DataError`) when a data set of ``config`` (or of
+    ``datasets``) cannot be loaded: the UCI archive's file missing, with where to put it and how
+    to download it. :func:`run_study` calls it before any job starts."""
+    for data in dict.fromkeys(config.datasets if datasets is None else datasets):
+        spec = spec_of(data)
+        if spec.check is not None:
+            spec.check(data, config)
+
+
 # ----- one job ----------------------------------------------------------------------------------
 
 
@@ -348,8 +641,10 @@ def jobs_of(config: StudyConfig) -> list[Job]:
                 raise ConfigError(f"unknown family {family!r}; choose from {FAMILIES}")
             if family not in config.variant_families.get(variant, FAMILIES):
                 continue
-            widths = config.widths_for(family)
             for data in config.datasets:
+                if variant not in spec_of(data).variants:
+                    continue  # the ablation is the one-hidden-layer models' (see ModelSpec)
+                widths = config.widths_for(family, data)
                 for width in widths:
                     if variant == "matched" and width == min(widths):
                         continue  # its rate is the paper's: the same run as the paper variant's
@@ -357,14 +652,19 @@ def jobs_of(config: StudyConfig) -> list[Job]:
     return jobs
 
 
-_FEATURES = {"mog1d": 1, "beta1d": 1, "gmm1d": 1, "grid": 2, "mog5d": 5}
+_FEATURES = {"mog1d": 1, "beta1d": 1, "gmm1d": 1, "grid": 2, "mog5d": 5, **UCI_DATASETS}
 
 
 def job_cost(job: Job, config: StudyConfig) -> float:
-    """Relative cost (for scheduling and the ETA): steps x members x (units + a per-step overhead)."""
+    """Relative cost (for scheduling and the ETA), about CPU-seconds on one thread: epochs x steps
+    per epoch x the data set's estimated seconds per step (:attr:`ModelSpec.step_seconds`), x the
+    members for a spec that trains them one by one, plus a third for the per-epoch evaluation there."""
+    spec = spec_of(job.data)
     d = _FEATURES.get(job.data, 2)
-    steps = config.epochs_for(job.family) * 282
-    return steps * (len(job.seeds) * d * job.width * 3e-6 + 6e-4)
+    per_epoch = spec.steps_per_epoch(job, config) * spec.step_seconds(job, config, d)
+    if not spec.ensemble:
+        per_epoch *= len(job.seeds) * 4 / 3
+    return config.epochs_for(job.family, job.data) * per_epoch
 
 
 def _chunk(ens: _Ensemble, batch: int) -> int:
@@ -426,80 +726,111 @@ def _load_partial(path: Path, job: Job) -> dict[str, Any] | None:
 def run_job(
     job: Job, config: StudyConfig, progress: Progress | None = None, checkpoint: Path | None = None
 ) -> list[dict[str, Any]]:
-    """Train one job's ensemble and return one row per member and evaluated epoch (0 = init).
+    """Train one job's members and return one row per member and evaluated epoch (0 = init).
 
-    With ``checkpoint`` (a file path), the ensemble's state is saved there after every epoch and a
-    job that finds its own state there resumes after the last saved epoch: plain SGD and batch
-    orders that are a function of (seed, epoch) make the resumed run the same as an uninterrupted
-    one. The file is removed when the job finishes.
+    The seeds train together as one vectorised ensemble, or, for a data set whose
+    :class:`ModelSpec` has ``ensemble=False`` (MINIBOONE), one after the other in seed order
+    through the same loop (:func:`_run_group`), each its own one-member group.
+
+    With ``checkpoint`` (a file path), the training state is saved there after every epoch (and
+    when a member of a one-by-one job finishes) and a job that finds its own state there resumes
+    after the last saved epoch of the member it was training, keeping the rows of the members it
+    had finished: plain SGD, batch orders that are a function of (seed, epoch) and schedules that
+    are a function of the epoch make the resumed run the same as an uninterrupted one. The file
+    is removed when the job finishes. ``progress(key, done, total)`` counts epochs over all groups.
     """
     torch.set_num_threads(config.threads)
-    setup = PAPER[job.family]
-    device = torch.device(config.device)
-    splits = [load_split(job.data, s, setup.scaling, config) for s in job.seeds]
-    d = splits[0].train.shape[1]
-    ens = build_ensemble(job.family, job.width, d, job.seeds, [sp.lower for sp in splits]).to(device)
-    train = torch.stack([sp.train for sp in splits]).to(device)  # (E, N, D): same N for every seed
-    test = torch.stack([sp.test for sp in splits]).to(device)
-    log_scale = torch.tensor([sp.log_scale for sp in splits], dtype=torch.float64)
-    e, n = train.shape[0], train.shape[1]
-    grad_sq = _full_grad_sq(ens, train, config.eval_batch)
-    lr = torch.full((e,), setup.lr, dtype=torch.float64)
-    if job.variant == "matched":
-        ref_width = min(config.widths_for(job.family))
-        ref = build_ensemble(job.family, ref_width, d, job.seeds, [sp.lower for sp in splits]).to(device)
-        lr = lr * _full_grad_sq(ref, train, config.eval_batch) / grad_sq
-    lr_dev = lr.to(device=device, dtype=torch.float32)
-    start = ens.snapshot()
+    spec = spec_of(job.data)
+    setup = spec.setup(job.family)
+    splits = [spec.load(job.data, s, setup.scaling, config) for s in job.seeds]
+    k = len(job.seeds)
+    groups = [tuple(range(k))] if spec.ensemble else [(i,) for i in range(k)]
+    saved = _load_partial(checkpoint, job) if checkpoint is not None else None
     rows: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
-    epochs = config.epochs_for(job.family)
+    first = 0
+    if saved is not None:
+        rows, first = list(saved["rows"]), int(saved.get("group", 0))
+    for g in range(first, len(groups)):
+        resume = saved if saved is not None and g == first and "ensemble" in saved else None
+        rows = _run_group(job, config, spec, setup, splits, groups, g, rows, resume, progress, checkpoint)
+        if checkpoint is not None and g + 1 < len(groups):
+            _save_partial(checkpoint, {"key": job.key, "group": g + 1, "epoch": 0, "rows": rows})
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
+    return rows
+
+
+def _run_group(
+    job: Job, config: StudyConfig, spec: ModelSpec, setup: Setup, splits: Sequence[Split],
+    groups: Sequence[tuple[int, ...]], g: int, rows: list[dict[str, Any]], saved: dict[str, Any] | None,
+    progress: Progress | None, checkpoint: Path | None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Train the members ``groups[g]`` of ``job`` (resuming from ``saved``) and return ``rows``
+    followed by theirs."""
+    device = torch.device(config.device)
+    seeds = [job.seeds[i] for i in groups[g]]
+    parts = [splits[i] for i in groups[g]]
+    d = parts[0].train.shape[1]
+    lowers = [sp.lower for sp in parts]
+    ens = spec.build(job.family, job.width, d, seeds, lowers, config).to(device)
+    train = torch.stack([sp.train for sp in parts]).to(device)  # (E, N, D): same N for every seed
+    test = torch.stack([sp.test for sp in parts]).to(device)
+    log_scale = torch.tensor([sp.log_scale for sp in parts], dtype=torch.float64)
+    e, n = train.shape[0], train.shape[1]
+    batch = setup.batch_size or config.batch_size
+    epochs = config.epochs_for(job.family, job.data)
+    rows = list(rows)
 
     def record(epoch: int) -> None:
         tr, _ = _nll(ens, train, config.eval_batch)
         te, bad = _nll(ens, test, config.eval_batch)
         mv = ens.movement(start)
-        for k, seed in enumerate(job.seeds):
+        for k, seed in enumerate(seeds):
             row = dict(
                 family=job.family, variant=job.variant, data=job.data, width=job.width, seed=seed, epoch=epoch,
                 lr=float(lr[k]), train_nll=float(tr[k] + log_scale[k]), test_nll=float(te[k] + log_scale[k]),
-                true_nll=splits[k].true_nll, grad_sq_init=float(grad_sq[k]), test_nonfinite=int(bad[k]),
+                true_nll=parts[k].true_nll, grad_sq_init=float(grad_sq[k]), test_nonfinite=int(bad[k]),
                 n_train=n, n_test=test.shape[1], seconds=time.perf_counter() - t0,
             )  # fmt: skip
             row.update({key: float(v[k]) for key, v in mv.items()})
             rows.append(row)
 
-    first = 1
-    saved = _load_partial(checkpoint, job) if checkpoint is not None else None
     if saved is not None:
         ens.load_state_dict(saved["ensemble"])
-        start = {k: v.to(device) for k, v in saved["start"].items()}
+        start = {key: v.to(device) for key, v in saved["start"].items()}
         grad_sq, lr = saved["grad_sq"], saved["lr"]
-        lr_dev = lr.to(device=device, dtype=torch.float32)
-        rows, first = list(saved["rows"]), int(saved["epoch"]) + 1
-        t0 -= float(saved["seconds"])
+        first = int(saved["epoch"]) + 1
+        t0 = time.perf_counter() - float(saved["seconds"])
     else:
+        grad_sq = _full_grad_sq(ens, train, config.eval_batch)
+        lr = torch.full((e,), setup.lr, dtype=torch.float64)
+        if job.variant == "matched":
+            ref_width = min(config.widths_for(job.family, job.data))
+            ref = spec.build(job.family, ref_width, d, seeds, lowers, config).to(device)
+            lr = lr * _full_grad_sq(ref, train, config.eval_batch) / grad_sq
+        start = ens.snapshot()
+        t0 = time.perf_counter()
         record(0)
+        first = 1
     arange = torch.arange(e, device=device).unsqueeze(1)
     for epoch in range(first, epochs + 1):
-        order = torch.stack([batch_order(s, epoch, n) for s in job.seeds]).to(device)  # (E, N)
-        for step, lo in enumerate(range(0, n, config.batch_size)):
+        lr_dev = (lr * setup.rate_factor(epoch)).to(device=device, dtype=torch.float32)
+        order = torch.stack([batch_order(s, epoch, n) for s in seeds]).to(device)  # (E, N)
+        for step, lo in enumerate(range(0, n, batch)):
             if config.max_steps is not None and step >= config.max_steps:
                 break
-            idx = order[:, lo : lo + config.batch_size]
+            idx = order[:, lo : lo + batch]
             xb = train[arange, idx]  # (E, B, D): each member its own points
             loss = -ens.log_prob(xb).mean(1).sum()
             loss.backward()
             ens.sgd_step(lr_dev)
         record(epoch)
         if checkpoint is not None and epoch < epochs:
-            state = {"key": job.key, "epoch": epoch, "ensemble": ens.state_dict(), "start": start}
+            state = {"key": job.key, "group": g, "epoch": epoch, "ensemble": ens.state_dict(), "start": start}
             state.update(grad_sq=grad_sq, lr=lr, rows=rows, seconds=time.perf_counter() - t0)
             _save_partial(checkpoint, state)
         if progress is not None:
-            progress(job.key, epoch, epochs)
-    if checkpoint is not None:
-        checkpoint.unlink(missing_ok=True)
+            progress(job.key, g * epochs + epoch, len(groups) * epochs)
     return rows
 
 
@@ -538,7 +869,7 @@ def merge_runs(out: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for f in sorted((out / "runs").glob("*.csv")):
         rows.extend(read_csv(f))
-    order = {name: i for i, name in enumerate(FAMILIES + DATASETS + VARIANTS)}
+    order = {name: i for i, name in enumerate(FAMILIES + DATASETS + UCI_STUDY_DATASETS + VARIANTS)}
     rows.sort(key=lambda r: (order.get(r["variant"], 99), order.get(r["family"], 99), order.get(r["data"], 99),
                              r["width"], r["seed"], r["epoch"]))  # fmt: skip
     write_csv(rows, out / "results.csv")
@@ -574,16 +905,19 @@ def run_study(config: StudyConfig, executor: str = "local", say: Callable[[str],
     if config.out is None:
         raise ConfigError("the study needs an output folder (--out DIR)")
     out = Path(config.out)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    _write_config(config, out)
     jobs = jobs_of(config)
     todo = [j for j in jobs if not (out / "runs" / f"{j.key}.csv").exists()]
+    check_data(config, [j.data for j in todo])  # a missing UCI file fails here, before anything runs
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    _write_config(config, out)
     if len(todo) < len(jobs):
         say(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} jobs already finished in {out / 'runs'}")
     # largest first (the pool then packs well), but the 5-D set last: it costs as much as the
-    # four others together, and a stopped sweep then has every other data set complete
+    # four others together, and a stopped sweep then has every other data set complete; the UCI
+    # sets (hours per member) after it
     sign = 1.0 if config.order == "cheapest-first" else -1.0
-    todo.sort(key=lambda j: (j.data == "mog5d", j.variant != "paper", sign * job_cost(j, config)))
+    todo.sort(key=lambda j: (spec_of(j.data).name != "paper", j.data == "mog5d", j.variant != "paper",
+                             sign * job_cost(j, config)))  # fmt: skip
     if executor == "local":
         _run_local(todo, config, say)
     elif executor in ("slurm", "submitit-local"):
@@ -616,7 +950,8 @@ def _run_local(todo: list[Job], config: StudyConfig, say: Callable[[str], None])
     def advance(key: str, frac: float) -> None:
         prev = done_frac.get(key, 0.0)
         done_frac[key] = frac
-        bar.update((frac - prev) * costs[key])
+        # never past the total: float sums of the per-epoch parts can overshoot it by a rounding error
+        bar.update(min((frac - prev) * costs[key], max(bar.total - bar.n, 0.0)))
 
     def report(key: str, seconds: float, final: dict[str, float]) -> None:
         advance(key, 1.0)
@@ -691,18 +1026,45 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(v for v in text.split(",") if v)
 
 
+def _csv(values: Sequence[int]) -> str:
+    return ",".join(str(v) for v in values)
+
+
 def add_arguments(p: Any) -> None:
     """The options of ``unflow-zoo study overparam`` on an ``argparse`` parser."""
+    uc, uu = MINIBOONE["constrained"], MINIBOONE["unconstrained"]
     p.add_argument("--out", required=True, help="output folder (resumable: finished jobs are skipped)")
     p.add_argument("--quick", action="store_true", help="the few-minute version (see quick_config)")
     p.add_argument("--families", type=_names, default=None, help="comma list (default: both)")
-    p.add_argument("--datasets", type=_names, default=None, help=f"comma list (default: {','.join(DATASETS)})")
-    p.add_argument("--variants", type=_names, default=None, help="paper,matched (default: both; --quick too)")
-    p.add_argument("--seeds", type=_ints, default=None, help="comma list (default 0,1,2)")
-    p.add_argument("--widths-constrained", type=_ints, default=None, help="comma list (default 10,100,1000,10000)")
-    p.add_argument("--widths-unconstrained", type=_ints, default=None, help="comma list (default 100,400,1600,6400)")
-    p.add_argument("--epochs-constrained", type=int, default=None, help="default 200 (the paper's)")
-    p.add_argument("--epochs-unconstrained", type=int, default=None, help="default 100 (the paper's)")
+    p.add_argument("--datasets", type=_names, default=None,
+                   help=f"comma list (default: {','.join(DATASETS)}); also {','.join(UCI_STUDY_DATASETS)}: the "
+                        "official UMNN and B-NAF width sweep on UCI MINIBOONE (D=43; needs the MAF archive's "
+                        "miniboone/data.npy, see --data-dir; never part of the default)")  # fmt: skip
+    p.add_argument("--variants", type=_names, default=None,
+                   help="paper,matched (default: both; --quick too; miniboone runs paper only)")  # fmt: skip
+    p.add_argument("--seeds", type=_ints, default=None,
+                   help="comma list (default 0,1,2; the official MINIBOONE runs used 1,2,3,4,5)")  # fmt: skip
+    p.add_argument("--widths-constrained", type=_ints, default=None,
+                   help=f"comma list, for every data set of the run (default {_csv(PAPER['constrained'].widths)}; "
+                        f"miniboone {_csv(uc.widths)})")  # fmt: skip
+    p.add_argument("--widths-unconstrained", type=_ints, default=None,
+                   help=f"comma list, for every data set of the run (default {_csv(PAPER['unconstrained'].widths)}; "
+                        f"miniboone {_csv(uu.widths)})")  # fmt: skip
+    p.add_argument("--epochs-constrained", type=int, default=None,
+                   help=f"default {PAPER['constrained'].epochs} (the paper's; miniboone {uc.epochs}, the official "
+                        "B-NAF run's)")  # fmt: skip
+    p.add_argument("--epochs-unconstrained", type=int, default=None,
+                   help=f"default {PAPER['unconstrained'].epochs} (the paper's; miniboone {uu.epochs}, the official "
+                        "UMNN run's)")  # fmt: skip
+    p.add_argument("--bnaf-depth", type=int, default=None,
+                   help="hidden layers per block of the constrained (B-NAF) flow on miniboone (default 2; the "
+                        "official command, --layers 0, has 1)")  # fmt: skip
+    p.add_argument("--data-dir", default=None,
+                   help=f"folder holding the UCI files for miniboone (miniboone/data.npy or data/miniboone/data.npy; "
+                        f"default ${DATA_DIR_ENV}, else ~/.cache/unflow_zoo/data)")  # fmt: skip
+    p.add_argument("--download", action="store_true",
+                   help="fetch the MAF archive (Zenodo 1161203, about 860 MB) into --data-dir when miniboone's file "
+                        "is missing")  # fmt: skip
     p.add_argument("--jobs", type=int, default=None, help="local worker processes (default: the CPU count)")
     p.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local",
                    help="local process pool, a SLURM job array via submitit, or submitit's local executor")  # fmt: skip
@@ -720,10 +1082,13 @@ def config_from_args(args: Any) -> StudyConfig:
     """The :class:`StudyConfig` of parsed ``unflow-zoo study overparam`` arguments."""
     cfg = quick_config() if args.quick else full_config()
     updates: dict[str, Any] = {"out": Path(args.out), "order": args.order}
-    for name in ("families", "datasets", "variants", "seeds", "max_steps", "max_train", "max_test"):
-        value = getattr(args, name)
+    for name in ("families", "datasets", "variants", "seeds", "max_steps", "max_train", "max_test", "bnaf_depth"):
+        value = getattr(args, name, None)
         if value is not None:
             updates[name] = value
+    if getattr(args, "data_dir", None):
+        updates["data_dir"] = Path(args.data_dir).expanduser()
+    updates["download"] = bool(getattr(args, "download", False))
     widths = dict(cfg.widths)
     epochs = dict(cfg.epochs)
     for family in FAMILIES:

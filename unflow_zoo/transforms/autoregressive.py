@@ -103,24 +103,41 @@ class MaskedAutoregressive(Transform):
         z, log_dz = self.univariate(x, self.made(x, context))
         return z, log_dz.sum(dim=1)
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def _solve_all(self, z: Tensor, context: Tensor | None) -> Tensor:
         self._checked(z, context)
         exact = self.univariate.analytic_inverse
 
+        terms = self.made.context_terms(context)  # the same for all D passes
+
         def solve(x: Tensor, i: int) -> Tensor:
             # x_{<i} is exact, so the parameters of coordinate i are too
-            return self.univariate.inverse(z[:, i], self.made(x, context)[:, i])[0]
+            return self.univariate.inverse(z[:, i], self.made(x, context, terms)[:, i])[0]
 
         with torch.set_grad_enabled(torch.is_grad_enabled() and exact):
-            x = autoregressive_inverse(z, self.order.tolist(), solve)
+            return autoregressive_inverse(z, self.order.tolist(), solve)
+
+    def _final_pass(self, x: Tensor, z: Tensor, context: Tensor | None) -> Tensor:
         # one more MADE pass gives every coordinate's parameters at the exact x: the log-determinant,
         # and for a numerical inverse the residual of the whole point
         z_back, log_dz = self.univariate(x, self.made(x, context))
-        if not exact:
+        if not self.univariate.analytic_inverse:
             rejected = outside_rows()  # rows a sampler will redraw (outside a bounded image) have no preimage
             keep = slice(None) if rejected is None or rejected.shape[0] != z.shape[0] else ~rejected
             check_round_trip(z_back[keep], z[keep], owner=type(self).__name__)
-        return x, -log_dz.sum(dim=1)
+        return -log_dz.sum(dim=1)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x = self._solve_all(z, context)
+        return x, self._final_pass(x, z, context)
+
+    def invert(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """The inverse without the log-determinant: ``D`` MADE passes instead of ``D + 1`` for an
+        analytic map (the last pass is only for the log-determinant); a numerical inverse still
+        makes it, to check its residual."""
+        x = self._solve_all(z, context)
+        if not self.univariate.analytic_inverse:
+            self._final_pass(x, z, context)
+        return x
 
     def extra_repr(self) -> str:
         ctx = f", context_features={self.context_features}" if self.context_features else ""

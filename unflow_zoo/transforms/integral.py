@@ -57,6 +57,7 @@ from torch.autograd.function import once_differentiable
 from unflow_zoo.core.transform import InputOutsideDomain, Transform, check_context, check_features
 from unflow_zoo.nn.integrand import Integrand, PaperInit, PaperIntegrand, make_integrand
 from unflow_zoo.nn.made import MADE, check_order
+from unflow_zoo.nn.stacked_integrand import StackedMLPIntegrand
 from unflow_zoo.transforms.autoregressive import autoregressive_inverse
 from unflow_zoo.transforms.bisection import (
     check_finite_target,
@@ -71,6 +72,7 @@ from unflow_zoo.transforms.relu_integral import relu_net_integral_and_value
 __all__ = [
     "PHI_NAMES",
     "NeuralIntegral",
+    "StackedNeuralIntegral",
     "UnconstrainedMonotoneTransform",
     "d_positive",
     "log_positive",
@@ -81,6 +83,8 @@ __all__ = [
 
 # Integrand points per block: (points, 64) float32 activations of 2 MiB, about one L2.
 DEFAULT_CHUNK = 8192
+# The same for one integrand per feature, where a block holds whole integrals of every feature.
+STACKED_CHUNK = 8192
 
 # How much of 1 + |y| the rounding of UMNN's own sum Q + beta may take before its inverse is refused:
 # an untrained or barely trained flow's samples in the base's tails reach a few percent (measured:
@@ -217,6 +221,110 @@ class NeuralIntegral(torch.autograd.Function):
             grad_x,
             _sum_to(grad_x0.reshape(x.shape), x0.shape) if grad_x0 is not None else None,
             grad_c.reshape(c.shape) if grad_c is not None else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            *grad_t,
+        )
+
+
+class StackedNeuralIntegral(torch.autograd.Function):
+    r""":class:`NeuralIntegral` for a stack of integrands, one per feature (zuko's UNAF layout).
+
+    ``apply(x, x0, c, nodes, weights, integrand, phi, eps, chunk, *tensors)`` with ``x``
+    of shape ``(S, n)`` (feature first), ``x0`` broadcastable to it, ``c`` of shape
+    ``(S, n, H)`` and a stack-first integrand
+    (:class:`~unflow_zoo.nn.stacked_integrand.StackedMLPIntegrand`): row ``s`` is
+    integrated with network ``s``. The same forward (no-grad quadrature, :math:`g(x)`
+    saved for the Leibniz term) and backward (re-evaluation at the nodes with the
+    integrand's hand-written :meth:`~unflow_zoo.nn.integrand.Integrand.vjp`), in blocks of
+    whole integrals of all ``S`` features, about ``chunk`` points each, so that every
+    block is one batched matmul per layer.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        x0: Tensor,
+        c: Tensor,
+        nodes: Tensor,
+        weights: Tensor,
+        integrand: Integrand,
+        phi: str,
+        eps: float,
+        chunk: int,
+        *tensors: Tensor,
+    ) -> Tensor:
+        k, s = nodes.shape[0], x.shape[0]
+        with_x = bool(ctx.needs_input_grad[0])
+        with torch.no_grad():
+            x0f = x0.expand(x.shape)
+            out = torch.empty_like(x)
+            g_x = torch.empty_like(x) if with_x else None
+            for sl in _blocks(x.shape[1], chunk, s * (k + 1)):
+                xs, x0s = x[:, sl], x0f[:, sl]
+                d = xs - x0s
+                pts = torch.addcmul(x0s.unsqueeze(-1), d.unsqueeze(-1), nodes)
+                if with_x:
+                    pts = torch.cat([pts, xs.unsqueeze(-1)], dim=-1)
+                g = positive(integrand.evaluate(c[:, sl], pts, tensors), phi, eps)
+                out[:, sl] = d * (g[..., :k] @ weights)
+                if g_x is not None:
+                    g_x[:, sl] = g[..., k]
+        ctx.save_for_backward(x, x0, c, nodes, weights, g_x, *tensors)
+        ctx.integrand, ctx.phi, ctx.eps, ctx.chunk = integrand, phi, eps, chunk
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, x0, c, nodes, weights, g_x, *tensors = ctx.saved_tensors
+        integrand, phi, eps = ctx.integrand, ctx.phi, ctx.eps
+        need = ctx.needs_input_grad
+        need_x, need_x0, need_c = need[0], need[1], need[2]
+        need_t = [bool(n) for n in need[NeuralIntegral._N_FIXED :]]
+        k, s = nodes.shape[0], x.shape[0]
+        x0f = x0.expand(x.shape)
+        grad_x = g_x * grad if need_x else None
+        grad_x0 = torch.empty_like(x) if need_x0 else None
+        grad_c = torch.empty_like(c) if need_c else None
+        grad_t: list[Tensor | None] = [torch.zeros_like(t) if nt else None for t, nt in zip(tensors, need_t)]
+        if need_c or any(need_t):
+            for sl in _blocks(x.shape[1], ctx.chunk, s * (k + int(need_x0))):
+                xs, x0s, gs = x[:, sl], x0f[:, sl], grad[:, sl]
+                d = xs - x0s
+                pts = torch.addcmul(x0s.unsqueeze(-1), d.unsqueeze(-1), nodes)
+                if need_x0:
+                    pts = torch.cat([pts, x0s.unsqueeze(-1)], dim=-1)
+                scale = (gs * d).unsqueeze(-1) * weights
+                held: list[Tensor] = []
+
+                def cotangent(n_out: Tensor, scale: Tensor = scale, held: list[Tensor] = held) -> Tensor:
+                    g = positive(n_out, phi, eps)
+                    held.append(g)
+                    v = d_positive(n_out[..., :k], phi, eps, g[..., :k]) * scale
+                    return torch.cat([v, v.new_zeros(*v.shape[:-1], 1)], dim=-1) if need_x0 else v
+
+                _, dc, dts = integrand.vjp(c[:, sl], pts, tensors, cotangent, need_c, need_t)
+                if grad_c is not None:
+                    grad_c[:, sl] = dc
+                for acc, dt in zip(grad_t, dts):
+                    if acc is not None:
+                        acc.add_(dt)
+                if grad_x0 is not None:
+                    grad_x0[:, sl] = -held[0][..., k] * gs
+        elif need_x0:
+            with torch.no_grad():
+                g0 = positive(integrand.evaluate(c, x0f.unsqueeze(-1), tensors), phi, eps)
+            grad_x0 = -g0[..., 0] * grad
+        return (
+            grad_x,
+            _sum_to(grad_x0, x0.shape) if grad_x0 is not None else None,
+            grad_c,
             None,
             None,
             None,
@@ -440,7 +548,9 @@ class UnconstrainedMonotoneTransform(Transform):
 
     - :math:`N` is the integrand network (``integrand``: ``"mlp"``, UMNN's deeper
       MLP, or ``"paper"``, the seed paper's one-hidden-layer net of width ``width``
-      with a fixed random top layer; or any :class:`~unflow_zoo.nn.integrand.Integrand`).
+      with a fixed random top layer; or any :class:`~unflow_zoo.nn.integrand.Integrand`),
+      shared by the coordinates; with ``integrand_per_feature=True`` every coordinate has
+      its own MLP, :math:`N_i` (zuko's UNAF layout), integrated by :class:`StackedNeuralIntegral`.
     - :math:`(h_i, \beta_i)` come from a MADE over :math:`x` in the order ``order``
       and the ``context`` (fed to every hidden layer); in 1-D without context they are
       a learned constant, in 1-D with a context a MADE whose hidden units see the
@@ -510,7 +620,13 @@ class UnconstrainedMonotoneTransform(Transform):
         inverse_tol: absolute tolerance of the inverse in :math:`x`.
         max_iter: iteration cap of the inverse solver (bracketing + Newton).
         chunk: integrand points per block in :class:`NeuralIntegral` (a speed knob:
-            blocks whose activations fit in cache; ``0``: one block; no effect on the result).
+            blocks whose activations fit in cache; ``0``: one block; no effect on the result;
+            ``None``: ``DEFAULT_CHUNK``, or ``STACKED_CHUNK`` with one integrand per feature).
+        integrand_per_feature: one MLP integrand per feature, :math:`N_i(t; h_i)` (zuko's UNAF
+            layout, :class:`~unflow_zoo.nn.stacked_integrand.StackedMLPIntegrand`: ``D`` times
+            the integrand's parameters, evaluated as batched matmuls over ``(D, out, in)``
+            weights, one kernel per layer for all features) instead of one network shared by the
+            features; needs ``integrand="mlp"``. The default ``False`` is UMNN's shared integrand.
 
     References:
         | Wehenkel & Louppe, "Unconstrained Monotonic Neural Networks", NeurIPS 2019, arXiv:1908.05164.
@@ -547,7 +663,8 @@ class UnconstrainedMonotoneTransform(Transform):
         train_top: bool = False,
         inverse_tol: float = 1e-6,
         max_iter: int = 200,
-        chunk: int = DEFAULT_CHUNK,
+        chunk: int | None = None,
+        integrand_per_feature: bool = False,
     ) -> None:
         super().__init__()
         if features < 1:
@@ -557,13 +674,28 @@ class UnconstrainedMonotoneTransform(Transform):
         if min_slope < 0:
             raise ValueError(f"min_slope must be >= 0, got {min_slope}")
         self.features, self.context_features = features, context_features
+        if isinstance(integrand, StackedMLPIntegrand) and integrand.stack != features:
+            raise ValueError(
+                f"a StackedMLPIntegrand of stack={integrand.stack} has one network per feature, but features={features}"
+            )
         if isinstance(integrand, Integrand):
             self.integrand = integrand
+        elif integrand_per_feature:
+            if integrand != "mlp":
+                raise ValueError(
+                    f"integrand_per_feature=True stacks one MLP integrand per feature; it needs integrand='mlp', "
+                    f"got {integrand!r}"
+                )
+            self.integrand = StackedMLPIntegrand(features, embedding, hidden=hidden, act=act)
         else:
             self.integrand = make_integrand(
                 integrand, embedding, width=width, hidden=hidden, act=act, std_a=std_a, init=init, train_top=train_top
             )
         self.embedding = self.integrand.embedding
+        # one integrand per feature (zuko's layout): stack-first tensors, StackedNeuralIntegral
+        self.stacked = isinstance(self.integrand, StackedMLPIntegrand)
+        if chunk is None:
+            chunk = STACKED_CHUNK if self.stacked else DEFAULT_CHUNK
         self.quadrature = Quadrature(quadrature, n_nodes)
         # the paper's one-layer ReLU integrand has an exact O(m) quadrature (relu_integral.py),
         # which bins units by node and needs ascending nodes; decided once, not per call
@@ -602,14 +734,16 @@ class UnconstrainedMonotoneTransform(Transform):
         check_context(context, x.shape[0], self.context_features, type(self).__name__)
 
     def _conditioning(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """``c`` (B, D, H) for the integrand and ``beta`` (B, D) or None, from MADE(x)."""
+        """``c`` (B, D, H) for the integrand (per-feature integrands: (D, B, H), stack first) and
+        ``beta`` (B, D) or None, from MADE(x)."""
         b, d = x.shape
         if self.conditioner is None:
             p = x.new_zeros(b, d, 0)
         else:
             p = self.conditioner(x, context).to(x.dtype)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            c = self.integrand.condition(p[..., : self.embedding])
+            h = p[..., : self.embedding]
+            c = self.integrand.condition(h.transpose(0, 1) if self.stacked else h)
         beta = p[..., self.embedding] if self.offset else None
         return c, beta
 
@@ -621,8 +755,14 @@ class UnconstrainedMonotoneTransform(Transform):
         r""":math:`g(x_i; h_i) = \partial y_i / \partial x_i`, shape ``(B, D)``."""
         c, _ = self._conditioning(x, context)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            n = self.integrand.evaluate(c, x.unsqueeze(-1), self.integrand.path_tensors()).squeeze(-1)
+            n = self._value_at(c, x, self.integrand.path_tensors())
             return positive(n, self.phi, self.min_slope)
+
+    def _value_at(self, c: Tensor, x: Tensor, tensors: Sequence[Tensor]) -> Tensor:
+        """``N(x_i; h_i)`` for ``x`` (B, D) and ``c`` from :meth:`_conditioning`: shape (B, D)."""
+        if self.stacked:
+            return self.integrand.evaluate(c, x.t().unsqueeze(-1), tensors).squeeze(-1).t()
+        return self.integrand.evaluate(c, x.unsqueeze(-1), tensors).squeeze(-1)
 
     # ----- the contract -----------------------------------------------------------------
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -632,6 +772,8 @@ class UnconstrainedMonotoneTransform(Transform):
         q = self.quadrature
         if self._relu_quadrature:
             return self._forward_relu(x, c, beta)
+        if self.stacked:
+            return self._forward_stacked(x, c, beta, tensors)
         with torch.autocast(device_type=x.device.type, enabled=False):
             y = NeuralIntegral.apply(
                 x, self.lower, c, q.nodes, q.weights, self.integrand, self.phi, self.min_slope, self.chunk, *tensors
@@ -640,6 +782,21 @@ class UnconstrainedMonotoneTransform(Transform):
                 y = y + beta
             n_x = self.integrand.evaluate(c, x.unsqueeze(-1), tensors).squeeze(-1)
             return y, log_positive(n_x, self.phi, self.min_slope).sum(dim=-1)
+
+    def _forward_stacked(
+        self, x: Tensor, c: Tensor, beta: Tensor | None, tensors: Sequence[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """One integrand per feature: the (D, B) transpose of ``x`` through :class:`StackedNeuralIntegral`."""
+        q = self.quadrature
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xt = x.t()
+            y = StackedNeuralIntegral.apply(
+                xt, self.lower, c, q.nodes, q.weights, self.integrand, self.phi, self.min_slope, self.chunk, *tensors
+            ).t()
+            if beta is not None:
+                y = y + beta
+            n_x = self.integrand.evaluate(c, xt.unsqueeze(-1), tensors).squeeze(-1)  # (D, B)
+            return y, log_positive(n_x, self.phi, self.min_slope).sum(dim=0)
 
     def _forward_relu(self, x: Tensor, c: Tensor, beta: Tensor | None) -> tuple[Tensor, Tensor]:
         """The paper integrand (one ReLU layer) through the exact O(m) quadrature of
@@ -669,6 +826,8 @@ class UnconstrainedMonotoneTransform(Transform):
         check_finite_target(y, type(self).__name__)
         with torch.no_grad():
             tensors = self.integrand.path_tensors()
+            if self.stacked:
+                return self._inverse_stacked(y, context, tensors)
             if isinstance(self.conditioner, MADE):
                 cs: list[Tensor] = [y.new_empty(0)] * self.features
 
@@ -690,6 +849,31 @@ class UnconstrainedMonotoneTransform(Transform):
                 ladj = -log_positive(n_x, self.phi, self.min_slope).sum(dim=-1)
         return x, ladj
 
+    def _inverse_stacked(self, y: Tensor, context: Tensor | None, tensors: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """The inverse with one integrand per feature: coordinate ``i`` solved with network ``i`` alone."""
+        select = StackedMLPIntegrand.select
+        if isinstance(self.conditioner, MADE):
+            cs: list[Tensor] = [y.new_empty(0)] * self.features
+
+            def solve(x: Tensor, i: int) -> Tensor:
+                c, beta = self._conditioning(x, context)  # c: (D, B, H)
+                cs[i] = c[i]
+                return self._solve(c[i], y[:, i], beta[:, i] if beta is not None else None, select(tensors, i), i)
+
+            x = autoregressive_inverse(y, self.order.tolist(), solve)
+            c_all = torch.stack(cs, dim=0)
+        else:
+            # no inputs to the conditioner: every coordinate is independent of the others
+            c_all, beta = self._conditioning(y, context)
+            cols = [
+                self._solve(c_all[i], y[:, i], beta[:, i] if beta is not None else None, select(tensors, i), i)
+                for i in range(self.features)
+            ]
+            x = torch.stack(cols, dim=1)
+        with torch.autocast(device_type=y.device.type, enabled=False):
+            ladj = -log_positive(self._value_at(c_all, x, tensors), self.phi, self.min_slope).sum(dim=-1)
+        return x, ladj
+
     # ----- the numerical inverse ----------------------------------------------------------
     def _value_and_slope(self, x: Tensor, c: Tensor, tensors: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """``Q(x)`` and ``g(x)`` for 1-D ``x``, ``c`` of shape (n, H): one call on K + 1 points."""
@@ -706,7 +890,10 @@ class UnconstrainedMonotoneTransform(Transform):
             return val.squeeze(0), positive(n_x.squeeze(0), self.phi, self.min_slope)
         d = x - x0
         pts = torch.cat([torch.addcmul(x0, d.unsqueeze(-1), q.nodes), x.unsqueeze(-1)], dim=-1)
-        g = positive(self.integrand.evaluate(c, pts, tensors), self.phi, self.min_slope)
+        if self.stacked:  # one network of the stack (``tensors`` selected by the caller)
+            g = positive(self.integrand.evaluate(c[None], pts[None], tensors)[0], self.phi, self.min_slope)
+        else:
+            g = positive(self.integrand.evaluate(c, pts, tensors), self.phi, self.min_slope)
         return d * (g[:, :-1] @ q.weights), g[:, -1]
 
     def _solve(
@@ -764,4 +951,5 @@ class UnconstrainedMonotoneTransform(Transform):
         return (
             f"features={self.features}, phi={self.phi!r}, min_slope={self.min_slope}, "
             f"lower_limit={float(self.lower)}, offset={self.offset}"
+            + (", integrand_per_feature=True" if self.stacked else "")
         )

@@ -67,6 +67,14 @@ def ode_activation(name: str) -> nn.Module:
         raise ValueError(f"unknown ODE activation {name!r}; choose one of {sorted(_ACTIVATIONS)}") from None
 
 
+def _open_gate(gate: nn.Linear, bias: float | None) -> None:
+    if bias is not None:
+        if not math.isfinite(bias):
+            raise ValueError(f"gate_bias must be a finite number or None, got {bias}")
+        with torch.no_grad():
+            gate.bias.fill_(float(bias))
+
+
 class ConcatSquashLinear(nn.Module):
     r"""A linear layer modulated by time:
 
@@ -75,10 +83,18 @@ class ConcatSquashLinear(nn.Module):
     With ``context_features = C > 0`` the context is concatenated to the input,
     :math:`W [x, c] + b` (the layer's weight then has ``in_features + C`` columns).
 
+    ``gate_bias`` sets :math:`b_t` at initialisation (``None``: PyTorch's default
+    :math:`U(-1, 1)`, the official code's). With the default the gates start at about 0.5 on
+    average, so a stack of :math:`L` gated layers starts with dynamics shrunk by about
+    :math:`2^{-L}` and the first hundred training steps are spent growing them; an open gate
+    (:math:`b_t = 3`, :math:`\sigma = 0.95`) starts from the plain MLP's scale, as zuko's CNF
+    does (measured in docs/benchmarks.md, FFJORD).
+
     Args:
         in_features: width of :math:`x`.
         out_features: width of :math:`h`.
         context_features: width :math:`C` of the context (0: none).
+        gate_bias: initial :math:`b_t` of every gate unit (None: PyTorch's default init).
 
     References:
         Grathwohl, Chen, Bettencourt, Sutskever & Duvenaud, "FFJORD: Free-form
@@ -86,12 +102,15 @@ class ConcatSquashLinear(nn.Module):
         arXiv:1810.01367 (``ConcatSquashLinear`` in the official code).
     """
 
-    def __init__(self, in_features: int, out_features: int, context_features: int = 0) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, context_features: int = 0, gate_bias: float | None = None
+    ) -> None:
         super().__init__()
         self.context_features = int(context_features)
         self.layer = nn.Linear(in_features + self.context_features, out_features)
         self.gate = nn.Linear(1, out_features)
         self.time_bias = nn.Linear(1, out_features, bias=False)
+        _open_gate(self.gate, gate_bias)
 
     def forward(self, t: Tensor, x: Tensor, context: Tensor | None = None) -> Tensor:
         tt = t.reshape(1, 1).to(x.dtype)
@@ -113,17 +132,27 @@ class ConcatSquashConv2d(nn.Module):
         out_channels: channels of :math:`h`.
         kernel_size: odd size of the convolution.
         context_features: width :math:`C` of the context (0: none).
+        gate_bias: initial :math:`b_t` of every gate unit (None: PyTorch's default init; see
+            :class:`ConcatSquashLinear`).
 
     References:
         Grathwohl et al., "FFJORD", ICLR 2019, arXiv:1810.01367.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, context_features: int = 0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        context_features: int = 0,
+        gate_bias: float | None = None,
+    ) -> None:
         super().__init__()
         self.context_features = int(context_features)
         self.layer = nn.Conv2d(in_channels + self.context_features, out_channels, kernel_size, padding=kernel_size // 2)
         self.gate = nn.Linear(1, out_channels)
         self.time_bias = nn.Linear(1, out_channels, bias=False)
+        _open_gate(self.gate, gate_bias)
 
     def forward(self, t: Tensor, x: Tensor, context: Tensor | None = None) -> Tensor:
         tt = t.reshape(1, 1).to(x.dtype)
@@ -149,6 +178,8 @@ class ODENet(nn.Module):
         hidden: hidden widths (channels for images).
         act: a smooth activation (:func:`ode_activation`).
         context_features: width of the context (0: unconditional dynamics).
+        gate_bias: initial bias of every layer's time gate (None: PyTorch's default init; see
+            :class:`ConcatSquashLinear`).
 
     References:
         Grathwohl et al., "FFJORD", ICLR 2019, arXiv:1810.01367 (``ODEnet``).
@@ -160,6 +191,7 @@ class ODENet(nn.Module):
         hidden: Sequence[int] = (64, 64, 64),
         act: str = "softplus",
         context_features: int = 0,
+        gate_bias: float | None = None,
     ) -> None:
         super().__init__()
         self.event_shape = tuple(int(s) for s in event_shape)
@@ -168,10 +200,13 @@ class ODENet(nn.Module):
         self.context_features = ctx = int(context_features)
         if len(self.event_shape) == 1:
             sizes = [self.event_shape[0], *hidden, self.event_shape[0]]
-            layers: list[nn.Module] = [ConcatSquashLinear(a, b, ctx) for a, b in itertools.pairwise(sizes)]
+            layers: list[nn.Module] = [ConcatSquashLinear(a, b, ctx, gate_bias) for a, b in itertools.pairwise(sizes)]
         elif len(self.event_shape) == 3:
             sizes = [self.event_shape[0], *hidden, self.event_shape[0]]
-            layers = [ConcatSquashConv2d(a, b, context_features=ctx) for a, b in itertools.pairwise(sizes)]
+            layers = [
+                ConcatSquashConv2d(a, b, context_features=ctx, gate_bias=gate_bias)
+                for a, b in itertools.pairwise(sizes)
+            ]
         else:
             raise ValueError(f"ODENet takes event_shape (D,) or (C, H, W), got {self.event_shape}")
         self.layers = nn.ModuleList(layers)
