@@ -2,8 +2,8 @@
 ``zuko.flows.UNAF`` and the UMNN package's ``UMNNMAFFlow`` at matched sizes:
 3 transforms, MADE conditioner hidden [64, 64], integrand hidden [64, 64],
 embedding 16, 32 quadrature nodes, batch 512, D in {2, 8, 43}; and our flow with one
-integrand per feature (``integrand_per_feature=True``, zuko's own layout, so matched to
-zuko parameter for parameter).
+integrand per feature (``integrand_per_feature=True``, zuko's own layout) at that layout's
+default integrand width, hidden [96, 96] (at [64, 64] it has exactly zuko's parameters).
 
 At D = 43 (MINIBOONE's dimension; the data is the same synthetic 4-component Gaussian
 mixture with a known density as at every D, not MINIBOONE) the step budget is 100 Adam steps
@@ -24,7 +24,7 @@ from benchmarks.harness import Adapter, Result, _rss_mb, clock, machine, measure
 NAME = "unconstrained"
 LABELS = {
     "ours": "unflow-zoo unconstrained",
-    "ours-per-feature": "unflow-zoo unconstrained, integrand per feature",
+    "ours-per-feature": "unflow-zoo unconstrained, integrand per feature [96, 96]",
     "zuko": "zuko UNAF",
     "umnn": "UMNN UMNNMAFFlow",
 }
@@ -36,9 +36,11 @@ _TIME_NOTE = re.compile(r"^kl_after_seconds=(?P<kl>\S+) steps=(?P<steps>\d+) sec
 
 def build(impl: str, dim: int, nodes: int) -> Adapter:
     if impl in ("ours", "ours-per-feature"):
+        # the per-feature layout at its own default integrand width, [96, 96] (PER_FEATURE_HIDDEN)
+        per_feature = impl == "ours-per-feature"
         return ours(
-            "unconstrained", dim, n_layers=3, conditioner_hidden=[64, 64], hidden=[64, 64], embedding=16,
-            n_nodes=nodes, quadrature="clenshaw-curtis", integrand_per_feature=impl == "ours-per-feature",
+            "unconstrained", dim, n_layers=3, conditioner_hidden=[64, 64], hidden=None if per_feature else [64, 64],
+            embedding=16, n_nodes=nodes, quadrature="clenshaw-curtis", integrand_per_feature=per_feature,
         )  # fmt: skip
     if impl == "zuko":
         import zuko
@@ -194,7 +196,8 @@ def report(results: list[Result], seconds: float, command: str) -> str:
         f"Machine: {machine()}. Command: `{command}` ({seconds:.0f} s). Layout: 3 transforms, MADE hidden "
         f"[64, 64], integrand hidden [64, 64], embedding 16, {c.get('nodes', 32)} quadrature nodes, batch "
         f'{c.get("batch", 512)}; "integrand per feature" gives every feature its own integrand network, as '
-        f"zuko's UNAF does; train step = median CPU time (1 thread, robust to other load) of {c.get('repeats', '?')}; "
+        "zuko's UNAF does (at our default width for that layout, hidden [96, 96]); train step = median CPU time "
+        f"(1 thread, robust to other load) of {c.get('repeats', '?')}; "
         f"sampling draws {c.get('sample_n', '?')}; KL after {c.get('budget', '?')} Adam steps (lr 1e-3) on a "
         "4-component Gaussian mixture with known density." + high_note + ' "x vs ours" = this row\'s time / our '
         "default layout's, \"zuko / this\" = zuko's step time / this row's (above 1: this row is faster).\n\n"

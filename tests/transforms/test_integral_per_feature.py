@@ -14,6 +14,8 @@ from unflow_zoo.nn.integrand import INTEGRAND_ACTIVATIONS, Integrand, MLPIntegra
 from unflow_zoo.nn.stacked_integrand import StackedMLPIntegrand
 from unflow_zoo.testing import check_transform
 from unflow_zoo.transforms.integral import (
+    PER_FEATURE_HIDDEN,
+    SHARED_HIDDEN,
     StackedNeuralIntegral,
     UnconstrainedMonotoneTransform,
     log_positive,
@@ -290,8 +292,12 @@ def test_builder_and_model() -> None:
     lp = model.log_prob(x, ctx)
     assert lp.shape == (10,) and torch.isfinite(lp).all()
     assert model.sample(3, context=ctx[:2]).shape == (3, 2, 4)
-    # the default stays the shared integrand
-    assert not any(t.stacked for t in create_model("unconstrained", event_shape=(4,)).transforms)
+    # the default stays the shared integrand, [64, 64]; one integrand per feature defaults to [96, 96]
+    shared = create_model("unconstrained", event_shape=(4,)).transforms
+    assert not any(t.stacked for t in shared) and shared[0].integrand.hidden == [64, 64]
+    wide = create_model("unconstrained", event_shape=(4,), integrand_per_feature=True).transforms
+    assert wide[0].integrand.hidden == list(PER_FEATURE_HIDDEN) == [96, 96]
+    assert UnconstrainedMonotoneTransform(3).integrand.hidden == list(SHARED_HIDDEN) == [64, 64]
 
 
 def test_builder_refuses_bad_combinations() -> None:

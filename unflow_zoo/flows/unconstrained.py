@@ -19,7 +19,7 @@ from unflow_zoo.flows.common import (
 )
 from unflow_zoo.flows.registry import register_flow
 from unflow_zoo.nn.integrand import INTEGRAND_ACTIVATIONS
-from unflow_zoo.transforms.integral import UnconstrainedMonotoneTransform
+from unflow_zoo.transforms.integral import PER_FEATURE_HIDDEN, SHARED_HIDDEN, UnconstrainedMonotoneTransform
 from unflow_zoo.transforms.paper_integral import PaperUnconstrainedTransform
 from unflow_zoo.transforms.positive import PHI_NAMES
 from unflow_zoo.transforms.quadrature import QUADRATURE_RULES
@@ -35,7 +35,7 @@ def unconstrained(
     *,
     integrand: str = "mlp",
     width: int = 256,
-    hidden: Sequence[int] = (64, 64),
+    hidden: Sequence[int] | None = None,
     activation: str = "leaky_relu",
     embedding: int = 16,
     conditioner_hidden: Sequence[int] = (64, 64),
@@ -66,7 +66,8 @@ def unconstrained(
         event_shape: ``(D,)``.
         integrand: ``"mlp"`` (UMNN) or ``"paper"`` (one hidden layer, fixed top layer).
         width: :math:`m`, hidden width of the paper integrand.
-        hidden: hidden widths of the MLP integrand.
+        hidden: hidden widths of the MLP integrand (``None``: ``[64, 64]``, or ``[96, 96]`` with
+            ``integrand_per_feature``).
         activation: hidden activation of the MLP integrand.
         embedding: size of the embedding :math:`h_i` the MADE feeds the integrand.
         conditioner_hidden: hidden widths of each MADE.
@@ -112,6 +113,8 @@ def unconstrained(
     phi = v.one_of("phi", phi, PHI_NAMES, owner=name)
     min_slope = v.non_negative_float("min_slope", min_slope, owner=name, fix="pass 0 or a small floor, e.g. 1e-3")
     permutation = v.one_of("permutation", permutation, ("reverse", "random"), owner=name)
+    if hidden is None:
+        hidden = PER_FEATURE_HIDDEN if integrand_per_feature is True else SHARED_HIDDEN
     if not isinstance(integrand_per_feature, bool):
         raise ConfigError(
             f"{name} needs integrand_per_feature true or false, got integrand_per_feature={integrand_per_feature!r}"
