@@ -31,7 +31,7 @@ def test_quick_conditional_suite_measures_our_conditional_maf():
         assert f"| two-moons-sbi | maf | {peer} |" in text and "x |" in text
 
 
-def test_every_family_has_a_zuko_peer_at_matched_size():
+def test_every_family_has_one_zuko_peer_and_the_full_run_covers_every_task():
     assert set(conditional.BUILDERS) == {"maf", "nsf", "unconstrained"}
     full = conditional.cases(False)
     assert {(c["task"], c["family"]) for c in full} == {(t, f) for t in conditional.TASKS for f in conditional.BUILDERS}

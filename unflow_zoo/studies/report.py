@@ -252,9 +252,7 @@ def make_figures(rows: Sequence[Row], out: str | os.PathLike[str], dpi: int = 90
         for j, data in enumerate(matched):
             ax = axes[0, j]
             for i, variant in enumerate(("paper", "matched")):
-                widths = sorted(k[3] for k in cells if k[:3] == ("unconstrained", variant, data))
-                means = [np.mean([r["test_nll"] for r in cells[("unconstrained", variant, data, w)]]) for w in widths]
-                sds = [_sd([r["test_nll"] for r in cells[("unconstrained", variant, data, w)]]) for w in widths]
+                widths, means, sds = _by_width(cells, "unconstrained", variant, data)
                 label = "paper lr" if variant == "paper" else "matched function-space step"
                 ax.errorbar(widths, means, yerr=sds, marker="o", color=f"C{i + 2}", label=label, capsize=3)
             ax.set_xscale("log")
@@ -270,6 +268,13 @@ def make_figures(rows: Sequence[Row], out: str | os.PathLike[str], dpi: int = 90
     return paths
 
 
+def _by_width(cells: dict, family: str, variant: str, data: str, key: str = "test_nll"):
+    """The widths of ``(family, variant, data)`` in ``cells``, and the seed mean and sd of ``key`` at each."""
+    widths = sorted(k[3] for k in cells if k[:3] == (family, variant, data))
+    values = [[r[key] for r in cells[(family, variant, data, w)]] for w in widths]
+    return widths, [np.mean(v) for v in values], [_sd(v) for v in values]
+
+
 def _width_figures(
     rows: Sequence[Row], cells: dict, families: Sequence[str], datasets: Sequence[str], out: Path, dpi: int
 ) -> list[Path]:
@@ -279,9 +284,7 @@ def _width_figures(
     for j, data in enumerate(datasets):
         ax = axes[0, j]
         for i, family in enumerate(families):
-            widths = sorted(k[3] for k in cells if k[:3] == (family, "paper", data))
-            means = [np.mean([r["test_nll"] for r in cells[(family, "paper", data, w)]]) for w in widths]
-            sds = [_sd([r["test_nll"] for r in cells[(family, "paper", data, w)]]) for w in widths]
+            widths, means, sds = _by_width(cells, family, "paper", data)
             ax.errorbar(widths, means, yerr=sds, marker="o", color=f"C{i}", label=family, capsize=3)
         true = [r["true_nll"] for r in final_rows(rows) if r["data"] == data and math.isfinite(r["true_nll"])]
         if true:
@@ -301,8 +304,7 @@ def _width_figures(
         for row, (key, label) in enumerate((("move_W", "‖W_T − W_0‖"), ("rel_move_W", "‖W_T − W_0‖ / ‖W_0‖"))):
             ax = axes[row, j]
             for i, family in enumerate(families):
-                widths = sorted(k[3] for k in cells if k[:3] == (family, "paper", data))
-                vals = [np.mean([r[key] for r in cells[(family, "paper", data, w)]]) for w in widths]
+                widths, vals, _ = _by_width(cells, family, "paper", data, key)
                 ax.plot(widths, vals, marker="o", color=f"C{i}", label=family)
             ax.set_xscale("log")
             ax.set_yscale("log")
