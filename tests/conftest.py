@@ -7,12 +7,20 @@ import warnings
 import lightning as L
 import pytest
 import torch
+from hypothesis import settings
 
 # The test tensors are small: one intra-op thread is as fast, and on a busy 2-core machine a
 # second OpenMP thread makes every parallel op wait for a time slice (measured: up to 50x slower).
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*GPU available but not used.*")
+
+# The default run draws the same Hypothesis examples every time, so that a red CI is a change in
+# the code and not a new draw; `pytest --hypothesis-profile=explore` (or the slow *_long fuzz
+# tests) search afresh, and a failure they find becomes an explicit @example.
+settings.register_profile("default", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile("default")
 
 
 @pytest.fixture(autouse=True)

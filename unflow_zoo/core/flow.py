@@ -40,6 +40,11 @@ def _cast_hint(obj: str, dtype: torch.dtype) -> str:
     return f"{obj}.{method}()" if method else f"{obj}.to({dtype})"
 
 
+def _finite_rows(x: Tensor) -> Tensor:
+    """``(B,)``: whether every entry of each row of ``x`` is finite."""
+    return torch.isfinite(x).flatten(1).all(dim=1)
+
+
 def check_sample_count(n: object) -> int:
     """``n``, the number of samples to draw, as an ``int >= 0``.
 
@@ -267,7 +272,12 @@ class Flow(nn.Module):
             return self._empty_log_prob(x)
         context = self._embed(context)
         z, ladj = self.transform(x, context)
-        return self.base.log_prob(z, context) + ladj
+        lp = self.base.log_prob(z, context) + ladj
+        # A finite point whose image overflows the dtype inside the stack (|x| ~ 1e20 through a map
+        # that grows like x^2, in float32) has a density that underflows: -inf. Left alone, the inf
+        # meets a mixed-sign weight in the next layer's conditioner and comes out NaN.
+        overflowed = torch.isnan(lp) & ~_finite_rows(z) & _finite_rows(x)
+        return lp.masked_fill(overflowed, -math.inf)
 
     def _sample(
         self, n: int, context: Tensor | None, temperature: float, method: str, with_log_prob: bool
