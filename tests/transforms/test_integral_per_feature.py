@@ -16,7 +16,7 @@ from unflow_zoo.testing import check_transform
 from unflow_zoo.transforms.integral import (
     PER_FEATURE_HIDDEN,
     SHARED_HIDDEN,
-    StackedNeuralIntegral,
+    NeuralIntegral,
     UnconstrainedMonotoneTransform,
     log_positive,
     positive,
@@ -192,7 +192,7 @@ def test_gradcheck_every_input(phi: str) -> None:
     x, x0, c, tensors = _stacked_inputs(net, 4)
 
     def f(x, x0, c, *ts):
-        return StackedNeuralIntegral.apply(x, x0, c, q.nodes, q.weights, net, phi, 1e-3, 200, *ts)
+        return NeuralIntegral.apply(x, x0, c, q.nodes, q.weights, net, phi, 1e-3, 200, *ts)
 
     # chunk=200 puts one row of all 3 features per block: the blocked backward is exercised
     assert torch.autograd.gradcheck(f, (x, x0, c, *tensors), eps=1e-6, atol=1e-6, rtol=1e-6)

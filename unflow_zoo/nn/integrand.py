@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -92,10 +92,14 @@ class Integrand(nn.Module):
     Attributes:
         embedding: :math:`e`, the size of the embedding :math:`h`.
         hidden_size: the size of :math:`c`, the output of :meth:`condition`.
+        stack_first: whether the tensors hold one network per feature, stack first
+            (:class:`~unflow_zoo.nn.stacked_integrand.StackedMLPIntegrand`): points then come as
+            ``(S, n, K)``, row ``s`` for network ``s``, and are never flattened across ``S``.
     """
 
     embedding: int
     hidden_size: int
+    stack_first: ClassVar[bool] = False
 
     def condition(self, h: Tensor) -> Tensor:
         """The part of the first layer that depends on ``h`` (bias included): ``(..., e) -> (..., H)``."""
@@ -202,10 +206,43 @@ class _Workspace:
 
 
 def _pull_back_first_layer(dz: Tensor, t: Tensor, need_c: bool, need_w: bool) -> tuple[Tensor | None, Tensor | None]:
-    """Gradients of ``c`` (sum over the K points of a row) and of ``w_t`` (``t`` as a vector times ``dz``)."""
+    """Gradients of ``c`` (sum over the K points of a row) and of ``w_t`` (``t`` as a vector times ``dz``).
+    ``dz`` is ``(points, H)``, or ``(S, points, H)`` for a stack of networks."""
     dc = dz.view(*t.shape, dz.shape[-1]).sum(dim=-2) if need_c else None
-    dw = t.reshape(-1) @ dz if need_w else None
+    dw = (t.reshape(*dz.shape[:-2], 1, -1) @ dz).squeeze(-2) if need_w else None
     return dc, dw
+
+
+def _layers_backward(
+    act: str,
+    dz: Tensor,
+    rest: Sequence[Tensor],
+    pre: Sequence[Tensor],
+    post: Sequence[Tensor],
+    need: Sequence[bool],
+    ws: _Workspace,
+) -> tuple[Tensor, list[Tensor | None]]:
+    """Back through the layers above the first, for one network (``dz`` ``(points, 1)``, weights
+    ``(out, in)``) or a stack (``(S, points, 1)``, ``(S, out, in)``): the cotangent of the first
+    layer's output and the gradients of ``rest`` (weight, bias, ...) where ``need`` says so."""
+    grads: list[Tensor | None] = [None] * len(rest)
+    for i in reversed(range(len(rest) // 2)):
+        weight = rest[2 * i]
+        if need[2 * i]:
+            grads[2 * i] = dz.transpose(-1, -2) @ post[i]
+        if need[2 * i + 1]:
+            grads[2 * i + 1] = dz.sum(dim=-2)
+        fan_in = weight.shape[-1]
+        # two scratch slots, alternating: the product must not overwrite its input dz
+        out = ws.get(f"da{i % 2}", dz.numel() // dz.shape[-1], fan_in, dz)
+        out = out.view(*dz.shape[:-1], fan_in) if out is not None else None
+        # a single output (the top layer): a broadcast product beats a (batch of) rank-1 matmul(s)
+        if weight.shape[-2] == 1:
+            da = torch.mul(dz, weight, out=out) if out is not None else dz * weight
+        else:
+            da = torch.matmul(dz, weight, out=out) if out is not None else dz @ weight
+        dz = _act_backward(act, da, pre[i], post[i])
+    return dz, grads
 
 
 class PaperIntegrand(Integrand):
@@ -389,31 +426,14 @@ class MLPIntegrand(Integrand):
         need_c: bool,
         need_tensors: Sequence[bool],
     ) -> tuple[Tensor, Tensor | None, list[Tensor | None]]:
-        rest = tensors[1:]
-        n_layers = len(rest) // 2
-        ws, points = self._workspace, t.numel()
         with torch.no_grad():
             pre: list[Tensor] = []
             post: list[Tensor] = []
             n_out = self._layers_forward(c, t, tensors, pre, post).reshape(t.shape)
             dz = cotangent(n_out).reshape(-1, 1)
-            grads: list[Tensor | None] = [None] * len(tensors)
-            for i in reversed(range(n_layers)):
-                weight = rest[2 * i]
-                if need_tensors[1 + 2 * i]:
-                    grads[1 + 2 * i] = dz.t() @ post[i]
-                if need_tensors[2 + 2 * i]:
-                    grads[2 + 2 * i] = dz.sum(dim=0)
-                # two scratch slots, alternating: the product must not overwrite its input dz
-                out = ws.get(f"da{i % 2}", points, weight.shape[1], dz)
-                # a single output (the top layer): a broadcast product beats a rank-1 matmul
-                if weight.shape[0] == 1:
-                    da = torch.mul(dz, weight, out=out) if out is not None else dz * weight
-                else:
-                    da = torch.mm(dz, weight, out=out) if out is not None else dz @ weight
-                dz = _act_backward(self.act, da, pre[i], post[i])
-            dc, grads[0] = _pull_back_first_layer(dz, t, need_c, need_tensors[0])
-        return n_out, dc, grads
+            dz, grads = _layers_backward(self.act, dz, tensors[1:], pre, post, need_tensors[1:], self._workspace)
+            dc, dw = _pull_back_first_layer(dz, t, need_c, need_tensors[0])
+        return n_out, dc, [dw, *grads]
 
     def parameter_groups(self) -> dict[str, list[Tensor]]:
         hidden, top = list(self.layers[:-1]), self.layers[-1]

@@ -9,7 +9,7 @@ points ``t`` of shape ``(S, ..., K)``, network ``s`` acting on row ``s``. The
 first layer is split as in :mod:`~unflow_zoo.nn.integrand`,
 :math:`W_s [h, t] + b_s = (W_{s,h} h + b_s) + w_{s,t}\, t`, and :meth:`~StackedMLPIntegrand.vjp`
 is written out by hand (batched matmuls and fused ATen activation backwards), so
-:class:`~unflow_zoo.transforms.integral.StackedNeuralIntegral` differentiates it
+:class:`~unflow_zoo.transforms.integral.NeuralIntegral` differentiates it (stack first)
 without a graph.
 
 References:
@@ -24,11 +24,19 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from unflow_zoo.nn.integrand import INTEGRAND_ACTIVATIONS, Integrand, _act_backward, _act_forward, _Workspace
+from unflow_zoo.nn.integrand import (
+    INTEGRAND_ACTIVATIONS,
+    Integrand,
+    _act_forward,
+    _layers_backward,
+    _pull_back_first_layer,
+    _Workspace,
+)
 
 __all__ = ["StackedMLPIntegrand"]
 
@@ -55,6 +63,8 @@ class StackedMLPIntegrand(Integrand):
     References:
         Wehenkel & Louppe, "Unconstrained Monotonic Neural Networks", NeurIPS 2019, arXiv:1908.05164.
     """
+
+    stack_first: ClassVar[bool] = True
 
     def __init__(self, stack: int, embedding: int, hidden: Sequence[int] = (64, 64), act: str = "leaky_relu") -> None:
         super().__init__()
@@ -162,35 +172,15 @@ class StackedMLPIntegrand(Integrand):
         need_c: bool,
         need_tensors: Sequence[bool],
     ) -> tuple[Tensor, Tensor | None, list[Tensor | None]]:
-        rest = tensors[1:]
-        n_layers = len(rest) // 2
-        s, h = c.shape[0], c.shape[-1]
-        ws = self._workspace
+        s = c.shape[0]
         with torch.no_grad():
             pre: list[Tensor] = []
             post: list[Tensor] = []
             n_out = self._layers_forward(c, t, tensors, pre, post).reshape(t.shape)
             dz = cotangent(n_out).reshape(s, -1, 1)
-            points = dz.shape[1]
-            grads: list[Tensor | None] = [None] * len(tensors)
-            for i in reversed(range(n_layers)):
-                weight = rest[2 * i]  # (S, out, in)
-                if need_tensors[1 + 2 * i]:
-                    grads[1 + 2 * i] = torch.bmm(dz.transpose(1, 2), post[i])
-                if need_tensors[2 + 2 * i]:
-                    grads[2 + 2 * i] = dz.sum(dim=1)
-                fan_in = weight.shape[2]
-                out = ws.get(f"da{i % 2}", s * points, fan_in, dz)
-                out3 = out.view(s, points, fan_in) if out is not None else None
-                if weight.shape[1] == 1:  # the top layer: a broadcast product beats a batch of rank-1 matmuls
-                    da = torch.mul(dz, weight, out=out3) if out3 is not None else dz * weight
-                else:
-                    da = torch.bmm(dz, weight, out=out3) if out3 is not None else torch.bmm(dz, weight)
-                dz = _act_backward(self.act, da, pre[i], post[i])
-            dc = dz.view(*c.shape[:-1], -1, h).sum(dim=-2) if need_c else None
-            if need_tensors[0]:
-                grads[0] = torch.bmm(t.reshape(s, 1, points), dz).squeeze(1)
-        return n_out, dc, grads
+            dz, grads = _layers_backward(self.act, dz, tensors[1:], pre, post, need_tensors[1:], self._workspace)
+            dc, dw = _pull_back_first_layer(dz, t, need_c, need_tensors[0])
+        return n_out, dc, [dw, *grads]
 
     def parameter_groups(self) -> dict[str, list[Tensor]]:
         return {

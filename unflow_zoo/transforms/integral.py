@@ -74,7 +74,6 @@ __all__ = [
     "PHI_NAMES",
     "SHARED_HIDDEN",
     "NeuralIntegral",
-    "StackedNeuralIntegral",
     "UnconstrainedMonotoneTransform",
     "d_positive",
     "log_positive",
@@ -119,7 +118,11 @@ class NeuralIntegral(torch.autograd.Function):
     ``apply(x, x0, c, nodes, weights, integrand, phi, eps, chunk, *tensors)``:
     ``x`` of any shape ``S``, ``x0`` broadcastable to it, ``c`` of shape ``(*S, H)``
     (see :meth:`~unflow_zoo.nn.integrand.Integrand.condition`), a rule ``nodes``,
-    ``weights`` on [0, 1], and ``tensors`` = ``integrand.path_tensors()``.
+    ``weights`` on [0, 1], and ``tensors`` = ``integrand.path_tensors()``. A stack-first
+    integrand (``integrand.stack_first``: one network per feature, zuko's UNAF layout) takes
+    ``x`` of shape ``(S, n)`` and ``c`` of shape ``(S, n, H)``, row ``s`` integrated with
+    network ``s``; its blocks hold whole integrals of all ``S`` features, so that every
+    block is one batched matmul per layer.
 
     Forward: ``integrand.evaluate`` on all ``numel(x) * K`` points (and on ``x``
     itself, for the backward's Leibniz term) under ``no_grad``, in blocks of about
@@ -168,18 +171,20 @@ class NeuralIntegral(torch.autograd.Function):
         # saved as (n,) numbers, instead of another network call later.
         with_x = bool(ctx.needs_input_grad[0])
         with torch.no_grad():
-            xf, x0f, cf = _flat(x, x0, c)
+            xf, x0f, cf = _rows(x, x0, c, integrand)
+            per_row = math.prod(xf.shape[:-1])  # S integrals per row of a stack-first integrand, else 1
             out = torch.empty_like(xf)
             g_x = torch.empty_like(xf) if with_x else None
-            for sl in _blocks(xf.shape[0], chunk, k + 1):
-                d = xf[sl] - x0f[sl]
-                pts = torch.addcmul(x0f[sl, None], d[:, None], nodes)
+            for sl in _blocks(xf.shape[-1], chunk, per_row * (k + 1)):
+                xs, x0s = xf[..., sl], x0f[..., sl]
+                d = xs - x0s
+                pts = torch.addcmul(x0s.unsqueeze(-1), d.unsqueeze(-1), nodes)
                 if with_x:
-                    pts = torch.cat([pts, xf[sl, None]], dim=-1)
-                g = positive(integrand.evaluate(cf[sl], pts, tensors), phi, eps)
-                out[sl] = d * (g[:, :k] @ weights)
+                    pts = torch.cat([pts, xs.unsqueeze(-1)], dim=-1)
+                g = positive(integrand.evaluate(cf[..., sl, :], pts, tensors), phi, eps)
+                out[..., sl] = d * (g[..., :k] @ weights)
                 if g_x is not None:
-                    g_x[sl] = g[:, k]
+                    g_x[..., sl] = g[..., k]
         ctx.save_for_backward(x, x0, c, nodes, weights, g_x, *tensors)
         ctx.integrand, ctx.phi, ctx.eps, ctx.chunk = integrand, phi, eps, chunk
         return out.reshape(x.shape)
@@ -193,40 +198,42 @@ class NeuralIntegral(torch.autograd.Function):
         need_x, need_x0, need_c = need[0], need[1], need[2]
         need_t = [bool(n) for n in need[NeuralIntegral._N_FIXED :]]
         k = nodes.shape[0]
-        xf, x0f, cf = _flat(x, x0, c)
-        gf = grad.reshape(-1)
+        xf, x0f, cf = _rows(x, x0, c, integrand)
+        per_row = math.prod(xf.shape[:-1])
+        gf = grad.reshape(xf.shape)
         grad_x = (g_x * gf).reshape(x.shape) if need_x else None
         grad_x0 = torch.empty_like(xf) if need_x0 else None
         grad_c = torch.empty_like(cf) if need_c else None
         grad_t: list[Tensor | None] = [torch.zeros_like(t) if nt else None for t, nt in zip(tensors, need_t)]
         if need_c or any(need_t):
-            for sl in _blocks(xf.shape[0], ctx.chunk, k + int(need_x0)):
-                d = xf[sl] - x0f[sl]
-                pts = torch.addcmul(x0f[sl, None], d[:, None], nodes)
+            for sl in _blocks(xf.shape[-1], ctx.chunk, per_row * (k + int(need_x0))):
+                xs, x0s, gs = xf[..., sl], x0f[..., sl], gf[..., sl]
+                d = xs - x0s
+                pts = torch.addcmul(x0s.unsqueeze(-1), d.unsqueeze(-1), nodes)
                 if need_x0:
-                    pts = torch.cat([pts, x0f[sl, None]], dim=-1)
-                scale = (gf[sl] * d).unsqueeze(-1) * weights
+                    pts = torch.cat([pts, x0s.unsqueeze(-1)], dim=-1)
+                scale = (gs * d).unsqueeze(-1) * weights
                 held: list[Tensor] = []
 
                 def cotangent(n_out: Tensor, scale: Tensor = scale, held: list[Tensor] = held) -> Tensor:
                     # d/dN of sum_k scale_k * phi(N_k): only the K nodes, not the x0 column
                     g = positive(n_out, phi, eps)
                     held.append(g)
-                    v = d_positive(n_out[:, :k], phi, eps, g[:, :k]) * scale
-                    return torch.cat([v, v.new_zeros(v.shape[0], 1)], dim=-1) if need_x0 else v
+                    v = d_positive(n_out[..., :k], phi, eps, g[..., :k]) * scale
+                    return torch.cat([v, v.new_zeros(*v.shape[:-1], 1)], dim=-1) if need_x0 else v
 
-                _, dc, dts = integrand.vjp(cf[sl], pts, tensors, cotangent, need_c, need_t)
+                _, dc, dts = integrand.vjp(cf[..., sl, :], pts, tensors, cotangent, need_c, need_t)
                 if grad_c is not None:
-                    grad_c[sl] = dc
+                    grad_c[..., sl, :] = dc
                 for acc, dt in zip(grad_t, dts):
                     if acc is not None:
                         acc.add_(dt)
                 if grad_x0 is not None:
-                    grad_x0[sl] = -held[0][:, k] * gf[sl]
+                    grad_x0[..., sl] = -held[0][..., k] * gs
         elif need_x0:
             with torch.no_grad():
-                g0 = positive(integrand.evaluate(cf, x0f[:, None], tensors), phi, eps)
-            grad_x0 = -g0[:, 0] * gf
+                g0 = positive(integrand.evaluate(cf, x0f.unsqueeze(-1), tensors), phi, eps)
+            grad_x0 = -g0[..., 0] * gf
         return (
             grad_x,
             _sum_to(grad_x0.reshape(x.shape), x0.shape) if grad_x0 is not None else None,
@@ -241,108 +248,12 @@ class NeuralIntegral(torch.autograd.Function):
         )
 
 
-class StackedNeuralIntegral(torch.autograd.Function):
-    r""":class:`NeuralIntegral` for a stack of integrands, one per feature (zuko's UNAF layout).
-
-    ``apply(x, x0, c, nodes, weights, integrand, phi, eps, chunk, *tensors)`` with ``x``
-    of shape ``(S, n)`` (feature first), ``x0`` broadcastable to it, ``c`` of shape
-    ``(S, n, H)`` and a stack-first integrand
-    (:class:`~unflow_zoo.nn.stacked_integrand.StackedMLPIntegrand`): row ``s`` is
-    integrated with network ``s``. The same forward (no-grad quadrature, :math:`g(x)`
-    saved for the Leibniz term) and backward (re-evaluation at the nodes with the
-    integrand's hand-written :meth:`~unflow_zoo.nn.integrand.Integrand.vjp`), in blocks of
-    whole integrals of all ``S`` features, about ``chunk`` points each, so that every
-    block is one batched matmul per layer.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        x: Tensor,
-        x0: Tensor,
-        c: Tensor,
-        nodes: Tensor,
-        weights: Tensor,
-        integrand: Integrand,
-        phi: str,
-        eps: float,
-        chunk: int,
-        *tensors: Tensor,
-    ) -> Tensor:
-        k, s = nodes.shape[0], x.shape[0]
-        with_x = bool(ctx.needs_input_grad[0])
-        with torch.no_grad():
-            x0f = x0.expand(x.shape)
-            out = torch.empty_like(x)
-            g_x = torch.empty_like(x) if with_x else None
-            for sl in _blocks(x.shape[1], chunk, s * (k + 1)):
-                xs, x0s = x[:, sl], x0f[:, sl]
-                d = xs - x0s
-                pts = torch.addcmul(x0s.unsqueeze(-1), d.unsqueeze(-1), nodes)
-                if with_x:
-                    pts = torch.cat([pts, xs.unsqueeze(-1)], dim=-1)
-                g = positive(integrand.evaluate(c[:, sl], pts, tensors), phi, eps)
-                out[:, sl] = d * (g[..., :k] @ weights)
-                if g_x is not None:
-                    g_x[:, sl] = g[..., k]
-        ctx.save_for_backward(x, x0, c, nodes, weights, g_x, *tensors)
-        ctx.integrand, ctx.phi, ctx.eps, ctx.chunk = integrand, phi, eps, chunk
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, x0, c, nodes, weights, g_x, *tensors = ctx.saved_tensors
-        integrand, phi, eps = ctx.integrand, ctx.phi, ctx.eps
-        need = ctx.needs_input_grad
-        need_x, need_x0, need_c = need[0], need[1], need[2]
-        need_t = [bool(n) for n in need[NeuralIntegral._N_FIXED :]]
-        k, s = nodes.shape[0], x.shape[0]
-        x0f = x0.expand(x.shape)
-        grad_x = g_x * grad if need_x else None
-        grad_x0 = torch.empty_like(x) if need_x0 else None
-        grad_c = torch.empty_like(c) if need_c else None
-        grad_t: list[Tensor | None] = [torch.zeros_like(t) if nt else None for t, nt in zip(tensors, need_t)]
-        if need_c or any(need_t):
-            for sl in _blocks(x.shape[1], ctx.chunk, s * (k + int(need_x0))):
-                xs, x0s, gs = x[:, sl], x0f[:, sl], grad[:, sl]
-                d = xs - x0s
-                pts = torch.addcmul(x0s.unsqueeze(-1), d.unsqueeze(-1), nodes)
-                if need_x0:
-                    pts = torch.cat([pts, x0s.unsqueeze(-1)], dim=-1)
-                scale = (gs * d).unsqueeze(-1) * weights
-                held: list[Tensor] = []
-
-                def cotangent(n_out: Tensor, scale: Tensor = scale, held: list[Tensor] = held) -> Tensor:
-                    g = positive(n_out, phi, eps)
-                    held.append(g)
-                    v = d_positive(n_out[..., :k], phi, eps, g[..., :k]) * scale
-                    return torch.cat([v, v.new_zeros(*v.shape[:-1], 1)], dim=-1) if need_x0 else v
-
-                _, dc, dts = integrand.vjp(c[:, sl], pts, tensors, cotangent, need_c, need_t)
-                if grad_c is not None:
-                    grad_c[:, sl] = dc
-                for acc, dt in zip(grad_t, dts):
-                    if acc is not None:
-                        acc.add_(dt)
-                if grad_x0 is not None:
-                    grad_x0[:, sl] = -held[0][..., k] * gs
-        elif need_x0:
-            with torch.no_grad():
-                g0 = positive(integrand.evaluate(c, x0f.unsqueeze(-1), tensors), phi, eps)
-            grad_x0 = -g0[..., 0] * grad
-        return (
-            grad_x,
-            _sum_to(grad_x0, x0.shape) if grad_x0 is not None else None,
-            grad_c,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            *grad_t,
-        )
+def _rows(x: Tensor, x0: Tensor, c: Tensor, integrand: Integrand) -> tuple[Tensor, Tensor, Tensor]:
+    """The integrals as rows along the last axis: ``x``, ``x0`` ``(n,)`` and ``c`` ``(n, H)``; for a
+    stack-first integrand (one network per feature) ``(S, n)`` and ``(S, n, H)``, as given."""
+    if integrand.stack_first:
+        return x, x0.expand(x.shape), c
+    return _flat(x, x0, c)
 
 
 def _flat(x: Tensor, x0: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -560,7 +471,7 @@ class UnconstrainedMonotoneTransform(Transform):
       MLP, or ``"paper"``, the seed paper's one-hidden-layer net of width ``width``
       with a fixed random top layer; or any :class:`~unflow_zoo.nn.integrand.Integrand`),
       shared by the coordinates; with ``integrand_per_feature=True`` every coordinate has
-      its own MLP, :math:`N_i` (zuko's UNAF layout), integrated by :class:`StackedNeuralIntegral`.
+      its own MLP, :math:`N_i` (zuko's UNAF layout), integrated by :class:`NeuralIntegral` (stack first).
     - :math:`(h_i, \beta_i)` come from a MADE over :math:`x` in the order ``order``
       and the ``context`` (fed to every hidden layer); in 1-D without context they are
       a learned constant, in 1-D with a context a MADE whose hidden units see the
@@ -705,7 +616,7 @@ class UnconstrainedMonotoneTransform(Transform):
                 integrand, embedding, width=width, hidden=hidden, act=act, std_a=std_a, init=init, train_top=train_top
             )
         self.embedding = self.integrand.embedding
-        # one integrand per feature (zuko's layout): stack-first tensors, StackedNeuralIntegral
+        # one integrand per feature (zuko's layout): stack-first tensors, NeuralIntegral integrates all of them at once
         self.stacked = isinstance(self.integrand, StackedMLPIntegrand)
         if chunk is None:
             chunk = STACKED_CHUNK if self.stacked else DEFAULT_CHUNK
@@ -799,11 +710,11 @@ class UnconstrainedMonotoneTransform(Transform):
     def _forward_stacked(
         self, x: Tensor, c: Tensor, beta: Tensor | None, tensors: Sequence[Tensor]
     ) -> tuple[Tensor, Tensor]:
-        """One integrand per feature: the (D, B) transpose of ``x`` through :class:`StackedNeuralIntegral`."""
+        """One integrand per feature: the (D, B) transpose of ``x`` through :class:`NeuralIntegral` (stack first)."""
         q = self.quadrature
         with torch.autocast(device_type=x.device.type, enabled=False):
             xt = x.t()
-            y = StackedNeuralIntegral.apply(
+            y = NeuralIntegral.apply(
                 xt, self.lower, c, q.nodes, q.weights, self.integrand, self.phi, self.min_slope, self.chunk, *tensors
             ).t()
             if beta is not None:
