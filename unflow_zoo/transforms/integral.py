@@ -248,6 +248,14 @@ class NeuralIntegral(torch.autograd.Function):
         )
 
 
+@torch.compiler.disable
+def _integrate(*args: Any) -> Tensor:
+    """``NeuralIntegral.apply(*args)``, which torch.compile leaves to eager mode: its blocked no-grad
+    loops and hand-written backward (workspace buffers written in place) are what make it fast,
+    and they do not trace. The graph breaks here, and the conditioner around it still compiles."""
+    return NeuralIntegral.apply(*args)  # type: ignore[no-any-return]
+
+
 def _rows(x: Tensor, x0: Tensor, c: Tensor, integrand: Integrand) -> tuple[Tensor, Tensor, Tensor]:
     """The integrals as rows along the last axis: ``x``, ``x0`` ``(n,)`` and ``c`` ``(n, H)``; for a
     stack-first integrand (one network per feature) ``(S, n)`` and ``(S, n, H)``, as given."""
@@ -282,7 +290,7 @@ def neural_integral(
     # Full precision (see UnconstrainedMonotoneTransform): the hand-written backward runs
     # outside autocast and needs the dtypes the forward saw.
     with torch.autocast(device_type=x.device.type, enabled=False):
-        return NeuralIntegral.apply(  # type: ignore[no-any-return]
+        return _integrate(  # type: ignore[no-any-return]
             x,
             x0_t,
             c.to(x.dtype),
@@ -699,7 +707,7 @@ class UnconstrainedMonotoneTransform(Transform):
         if self.stacked:
             return self._forward_stacked(x, c, beta, tensors)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            y = NeuralIntegral.apply(
+            y = _integrate(
                 x, self.lower, c, q.nodes, q.weights, self.integrand, self.phi, self.min_slope, self.chunk, *tensors
             )
             if beta is not None:
@@ -714,7 +722,7 @@ class UnconstrainedMonotoneTransform(Transform):
         q = self.quadrature
         with torch.autocast(device_type=x.device.type, enabled=False):
             xt = x.t()
-            y = NeuralIntegral.apply(
+            y = _integrate(
                 xt, self.lower, c, q.nodes, q.weights, self.integrand, self.phi, self.min_slope, self.chunk, *tensors
             ).t()
             if beta is not None:
