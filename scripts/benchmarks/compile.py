@@ -30,6 +30,7 @@ import torch
 
 from benchmarks import families
 from benchmarks.harness import Adapter, Result, machine, mixture, ours
+from unflow_zoo.errors import InverseError
 
 NAME = "compile"
 #: families without a row in the families suite: the sizes of their own suites
@@ -136,6 +137,14 @@ def worker(case: dict[str, Any]) -> Result:
         draws: dict[str, list[float]] = {k: [] for k in models}
         sample_compile = float("nan")
         try_sampling = "log_prob" not in fallbacks and case["family"] != "ffjord"
+        sample_error = None
+        if try_sampling:
+            try:
+                with torch.no_grad():
+                    eager.sample(SAMPLE_N)  # whether the eager model can sample these weights at all
+            except InverseError as e:  # a barely trained model: say so in the row, keep the step times
+                sample_error = f"sampling not measured: the eager model raises {type(e).__name__} after these steps"
+                try_sampling = False
         if try_sampling:
             with torch.no_grad():
                 t0 = time.process_time()
@@ -162,6 +171,7 @@ def worker(case: dict[str, Any]) -> Result:
         "max_abs_diff": diff,
         "fallbacks": fallbacks,
         "warnings": reasons,
+        "sample_error": sample_error,
     }
     return Result(case["family"], case["dim"], params, row["compiled_ms"], 0.0, 0.0, 0.0, 0, note=json.dumps(row))
 
@@ -181,7 +191,10 @@ def table(results: list[Result]) -> str:
     for r in results:
         row = json.loads(r.note)
         fb = row.get("fallbacks", {})
-        note = "; ".join(f"{part} eager: {why}" for part, why in fb.items())
+        parts = [f"{part} eager: {why}" for part, why in fb.items()]
+        if row.get("sample_error"):
+            parts.append(row["sample_error"])
+        note = "; ".join(parts)
         compiled_lp = "log_prob" not in fb
         comp = f"{row['compile_cpu_s']:.1f}" if compiled_lp else "-"
         es, cs = row["eager_samples_per_s"], row["compiled_samples_per_s"]

@@ -186,7 +186,9 @@ class _Workspace:
 
     def get(self, slot: str, rows: int, cols: int, like: Tensor) -> Tensor | None:
         n = rows * cols
-        if n > self.max_numel or torch.is_grad_enabled():
+        # not under torch.compile either: a traced graph writing into a buffer that outlives it is
+        # an alias the compiler does not see
+        if n > self.max_numel or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return None
         key = (slot, like.dtype, like.device)
         buf = self._buffers.get(key)
