@@ -116,6 +116,12 @@ def _data(task: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(c, dtype=torch.float32)
 
 
+def _adam_step(ad: CondAdapter, opt: torch.optim.Optimizer, x: torch.Tensor, c: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    (-ad.log_prob(x, c).mean()).backward()
+    opt.step()
+
+
 def worker(case: dict[str, Any]) -> Result:
     """One process per (task, family); a Result whose ``note`` carries every row as JSON."""
     from unflow_zoo.data.conditional import get_conditional_source
@@ -135,9 +141,7 @@ def worker(case: dict[str, Any]) -> Result:
     batch = case["batch"]
 
     def step(k: str, x: torch.Tensor, c: torch.Tensor) -> None:
-        opts[k].zero_grad(set_to_none=True)
-        (-adapters[k].log_prob(x, c).mean()).backward()
-        opts[k].step()
+        _adam_step(adapters[k], opts[k], x, c)
 
     x, c = train_x[:batch], train_c[:batch]
     for k in adapters:  # warm-up: allocator, lazy init
@@ -171,9 +175,7 @@ def worker(case: dict[str, Any]) -> Result:
             g = torch.Generator().manual_seed(seed)
             for _ in range(case["budget"]):
                 idx = torch.randint(0, len(train_x), (batch,), generator=g)
-                opt.zero_grad(set_to_none=True)
-                (-ad.log_prob(train_x[idx], train_c[idx]).mean()).backward()
-                opt.step()
+                _adam_step(ad, opt, train_x[idx], train_c[idx])
             with torch.no_grad():
                 lp = torch.cat([ad.log_prob(a, b) for a, b in zip(test_x.split(1000), test_c.split(1000))])
             gaps[k].append(float(-lp.mean()) - entropy)

@@ -753,8 +753,8 @@ class UnconstrainedMonotoneTransform(Transform):
                 y = y + beta
             return y, log_positive(n_x, self.phi, self.min_slope).sum(dim=0)
 
-    # Eager under torch.compile: the safeguarded Newton iteration's control flow is data-dependent,
-    # and a traced copy of it failed to invert draws the eager one inverts (scripts/benchmarks/compile.py).
+    # Eager under torch.compile: the safeguarded Newton iteration's control flow (which rows are
+    # done, when to bisect, when to raise) is data-dependent and would split the graph at every step.
     @torch.compiler.disable
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(y, context)
