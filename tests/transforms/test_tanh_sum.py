@@ -90,3 +90,22 @@ def test_native_kernel_matches_the_float64_reference(d: int, alpha: float, scale
             g_ref = g_ref * mask
         scale_ = float(g_ref.abs().max())
         assert float((g_ours.double() - g_ref).abs().max()) <= 1e-5 * scale_ + 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # the torch path, the kernel
+def test_blocks_on_and_above_the_diagonal_are_ignored(dtype: torch.dtype) -> None:
+    e, d, batch, m, c = 2, 3, 6, 10, 0.3
+    w, b, a, li, lo = _params(e, d, m, dtype, seed=2)
+    g = torch.Generator().manual_seed(3)
+    junk_in = li + torch.randn(li.shape, generator=g, dtype=dtype) * (li == 0)
+    junk_out = lo + torch.randn(lo.shape, generator=g, dtype=dtype) * (lo == 0)
+    x = torch.randn(e, batch, d, dtype=dtype, generator=g)
+    gy, gl = torch.randn_like(x), torch.randn_like(x)
+    clean = _value_and_grads(lambda *t: tanh_sum(*t, c=c), (x, w, b, a, li, lo), gy, gl)
+    junk = _value_and_grads(lambda *t: tanh_sum(*t, c=c), (x, w, b, a, junk_in, junk_out), gy, gl)
+    torch.testing.assert_close(junk[0], clean[0])
+    torch.testing.assert_close(junk[1], clean[1])
+    for g_junk, g_clean in zip(junk[2], clean[2], strict=True):
+        torch.testing.assert_close(g_junk, g_clean)
+    assert float(junk[2][4][li == 0].abs().max()) == 0.0
+    assert float(junk[2][5][lo == 0].abs().max()) == 0.0

@@ -40,18 +40,27 @@ _I64, _F32, _INT, _P = ctypes.c_int64, ctypes.c_float, ctypes.c_int, ctypes.c_vo
 _SIGNATURES = {
     "tanh_sum_forward": [_I64] * 4 + [_P] * 6 + [_F32, _F32] + [_P] * 4,
     "tanh_sum_backward": [_I64] * 4 + [_P] * 6 + [_F32, _F32] + [_P] * 11,
-    "relu_integral_forward": [_I64] * 4 + [_P, _P, _P, _INT, _P, _P, _P, _INT, _F32] + [_P] * 4,
-    "relu_integral_backward": [_I64] * 4 + [_P, _P, _P, _INT, _P, _P, _P, _INT, _F32] + [_P] * 9,
+    "relu_integral_forward": [_I64] * 4 + [_P, _P, _P, _INT, _P, _P, _P, _INT, _F32] + [_P] * 4 + [_I64, _P],
+    "relu_integral_backward": [_I64] * 4 + [_P, _P, _P, _INT, _P, _P, _P, _INT, _F32] + [_P] * 9 + [_I64, _P, _P],
 }
 
 
-def _flags() -> list[str]:
-    flags = ["-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
-    if platform.machine() in ("x86_64", "AMD64") and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
-        flags += ["-mavx2", "-mfma"]
-        if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
-            flags.append("-DUNFLOW_SIMD_EXP")  # libmvec's vector expf
-    return flags
+def _flag_sets() -> list[list[str]]:
+    """Compiler flags to try, best first: AVX-512 where torch reports it (16 floats per vector: the
+    constrained step 1.4x faster than with AVX2 on a Sapphire Rapids core), then AVX2 + FMA, then
+    portable code. A set the compiler rejects falls through to the next."""
+    base = ["-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
+    simd_exp = ["-DUNFLOW_SIMD_EXP"] if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc" else []
+    sets = []
+    capability = torch.backends.cpu.get_cpu_capability()
+    if platform.machine() in ("x86_64", "AMD64"):
+        avx2 = ["-mavx2", "-mfma"]
+        if capability == "AVX512":
+            sets.append([*base, *avx2, "-mavx512f", "-mavx512dq", "-mprefer-vector-width=512", *simd_exp])
+        if capability in ("AVX2", "AVX512"):
+            sets.append([*base, *avx2, *simd_exp])  # libmvec's vector expf
+    sets.append(base)
+    return sets
 
 
 def _cache_root() -> Path:
@@ -75,7 +84,16 @@ def _build() -> ctypes.CDLL:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set $CC, or install gcc/clang)")
-    flags = _flags()
+    errors = []
+    for flags in _flag_sets():
+        try:
+            return _build_with(cc, flags)
+        except RuntimeError as err:
+            errors.append(str(err))
+    raise RuntimeError("\n".join(errors))
+
+
+def _build_with(cc: str, flags: list[str]) -> ctypes.CDLL:
     key = hashlib.sha256(
         _SOURCE.read_bytes() + " ".join([cc, *flags, platform.platform(), platform.machine()]).encode()
     ).hexdigest()[:16]
@@ -90,7 +108,7 @@ def _build() -> ctypes.CDLL:
                 [cc, *flags, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300
             )
             if out.returncode != 0:
-                raise RuntimeError(f"{cc} failed to build {_SOURCE.name}:\n{out.stderr.strip()}")
+                raise RuntimeError(f"{cc} {' '.join(flags)} failed to build {_SOURCE.name}:\n{out.stderr.strip()}")
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
@@ -99,6 +117,7 @@ def _build() -> ctypes.CDLL:
     for name, args in _SIGNATURES.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = args, None
+    _STATE["flags"] = flags
     return lib
 
 

@@ -269,6 +269,12 @@ void tanh_sum_backward(int64_t E, int64_t D, int64_t B, int64_t m, const float *
  * nodes x0 + (x - x0)(k + 1)/K (see relu_integral.py for the switch-point binning).
  * c is (G,B,m), or (G,m) shared by all points when c_shared. phi: 0 elu+1, 1 softplus, 2 exp.
  * Outputs: F (G,B), nx (G,B) = N(x), dphi (G,B,K) = phi'(N) at the nodes (for backward).
+ *
+ * Autoregressive conditioning (the seed paper's D > 1 layout), when lx != NULL: groups are
+ * g = e * D + i and c is the shared bias (G,m) (c_shared = 1) plus the free weights from the
+ * raw x_j (j < i) of the same member, lx (E,D,D,m), lx[e,i,j,:] (rows j >= i are ignored):
+ * c_r(b) = bias_r + sum_{j<i} lx[e,i,j,r] x_{e*D+j, b}, formed per point in a work row, so the
+ * (G,B,m) pre-activations and their gradient are never stored.
  * ---------------------------------------------------------------------------------------- */
 static inline float phi_value(float n, int phi) {
     if (phi == 0) return n > 0.0f ? n + 1.0f : expf(n);
@@ -294,6 +300,19 @@ static inline int32_t switch_bin(float al, float be, int32_t K) {
     return (int32_t)v + (signbit(be) ? K + 1 : 0);
 }
 
+/* crow = bias + sum_{j<ic} l[j,:] * xs[j * stride] (one pass per j: ic is small) */
+INLINE void ar_conditioning(int64_t m, int64_t ic, const float *restrict bias, const float *restrict l,
+                            const float *xs, int64_t stride, float *restrict crow) {
+#pragma omp simd
+    for (int64_t r = 0; r < m; ++r) crow[r] = bias[r];
+    for (int64_t j = 0; j < ic; ++j) {
+        const float xj = xs[j * stride];
+        const float *restrict lj = l + j * m;
+#pragma omp simd
+        for (int64_t r = 0; r < m; ++r) crow[r] += lj[r] * xj;
+    }
+}
+
 /* the bins are accumulated in NCOPY interleaved tables so that consecutive units hitting the
  * same bin do not serialise on one memory location */
 #define NCOPY 4
@@ -301,17 +320,23 @@ static inline int32_t switch_bin(float al, float be, int32_t K) {
 void relu_integral_forward(int64_t G, int64_t B, int64_t m, int64_t K, const float *x,
                            const float *x0, const float *cc, int c_shared, const float *w,
                            const float *a, const float *weights, int phi, float eps, float *F,
-                           float *nx, float *dphi, float *work) {
+                           float *nx, float *dphi, float *work, int64_t D, const float *lx) {
     const int64_t T = 2 * K + 2;
     float *bp = work, *bq = work + NCOPY * T, *pa = work + 2 * NCOPY * T, *pb = pa + m;
     int32_t *ibin = (int32_t *)(pb + m);
+    float *crow = (float *)(ibin + m);
     for (int64_t g = 0; g < G; ++g) {
         const float *wg = w + g * m, *ag = a + g * m;
         const float xl = x0[g];
+        const int64_t e = g / D, ic = g % D; /* member, coordinate */
         for (int64_t b = 0; b < B; ++b) {
             const int64_t row = g * B + b;
             const float d = x[row] - xl;
             const float *cr = c_shared ? cc + g * m : cc + row * m;
+            if (lx && ic > 0) {
+                ar_conditioning(m, ic, cr, lx + (e * D + ic) * D * m, x + e * D * B + b, B, crow);
+                cr = crow;
+            }
             memset(work, 0, sizeof(float) * 2 * NCOPY * T);
             /* vectorised pass: every unit's bin and terms; then the scatter, the only scalar part */
             float n_at_x = 0.0f;
@@ -368,19 +393,26 @@ void relu_integral_backward(int64_t G, int64_t B, int64_t m, int64_t K, const fl
                             const float *a, const float *weights, int phi, float eps,
                             const float *nx, const float *dphi, const float *gF,
                             const float *gnx, float *gc, float *gw, float *ga, float *gx,
-                            float *work) {
+                            float *work, int64_t D, const float *lx, float *glx) {
     float *tg = work, *tgs = work + (2 * K + 2);
+    float *crow = work + 4 * K + 4, *grow = crow + m;
     if (gw) memset(gw, 0, sizeof(float) * G * m);
     if (ga) memset(ga, 0, sizeof(float) * G * m);
     if (gc && c_shared) memset(gc, 0, sizeof(float) * G * m);
+    if (glx) memset(glx, 0, sizeof(float) * G * D * m);
     for (int64_t g = 0; g < G; ++g) {
         const float *wg = w + g * m, *ag = a + g * m;
         float *gwg = gw ? gw + g * m : 0, *gag = ga ? ga + g * m : 0;
         const float xl = x0[g];
+        const int64_t e = g / D, ic = g % D; /* member, coordinate */
         for (int64_t b = 0; b < B; ++b) {
             const int64_t row = g * B + b;
             const float d = x[row] - xl;
             const float *cr = c_shared ? cc + g * m : cc + row * m;
+            if (lx && ic > 0) {
+                ar_conditioning(m, ic, cr, lx + (e * D + ic) * D * m, x + e * D * B + b, B, crow);
+                cr = crow;
+            }
             float *gcr = gc ? (c_shared ? gc + g * m : gc + row * m) : 0;
             const float *dp = dphi + row * K;
             const float scale = gF[row] * d, gn = gnx[row];
@@ -407,7 +439,24 @@ void relu_integral_backward(int64_t G, int64_t B, int64_t m, int64_t K, const fl
                 tgs[K + 2 + k] = accs;
             }
             float sx = 0.0f;
-            if (gcr && !c_shared && gwg && !gag) {
+            if (lx && ic > 0 && gwg && !gag) {
+                /* autoregressive training case: the bias gradient accumulates in gcr (G,m), the
+                 * pre-activation gradient of this point goes to grow for the x_{<i} weights */
+#pragma omp simd reduction(+ : sx)
+                for (int64_t r = 0; r < m; ++r) {
+                    const float al = cr[r] + wg[r] * xl, be = wg[r] * d;
+                    const int32_t i = switch_bin(al, be, (int32_t)K);
+                    const float on = (al + be) > 0.0f ? gn : 0.0f;
+                    const float ga_ = ag[r] * (tg[i] + on), gb_ = ag[r] * (tgs[i] + on);
+                    grow[r] = ga_;
+                    gwg[r] += ga_ * xl + gb_ * d;
+                    sx += on * ag[r] * wg[r];
+                }
+                if (gcr) {
+#pragma omp simd
+                    for (int64_t r = 0; r < m; ++r) gcr[r] += grow[r];
+                }
+            } else if (gcr && !c_shared && gwg && !gag) {
                 /* the training case (c per point, w trained, a fixed): one vectorised loop with gathers */
 #pragma omp simd reduction(+ : sx)
                 for (int64_t r = 0; r < m; ++r) {
@@ -441,12 +490,33 @@ void relu_integral_backward(int64_t G, int64_t B, int64_t m, int64_t K, const fl
                         if (c_shared) gcr[r] += ga_;
                         else gcr[r] = ga_;
                     }
+                    grow[r] = ga_;
                     if (gwg) gwg[r] += ga_ * xl + gb_ * d;
                     if (gag) gag[r] += al * t1 + be * t2;
                     sx += on * ag[r] * wg[r];
                 }
             }
             if (gx) gx[row] = gF[row] * (phi_value(nx[row], phi) + eps) + sx;
+            if (lx && ic > 0 && (glx || gx)) { /* through c: the weights from x_{<i}, and x_{<i} */
+                const float *l = lx + (e * D + ic) * D * m;
+                float *gl_ = glx ? glx + (e * D + ic) * D * m : 0;
+                for (int64_t j = 0; j < ic; ++j) {
+                    const int64_t rj = (e * D + j) * B + b;
+                    const float xj = x[rj];
+                    float acc = 0.0f;
+                    if (gl_) {
+#pragma omp simd reduction(+ : acc)
+                        for (int64_t r = 0; r < m; ++r) {
+                            gl_[j * m + r] += grow[r] * xj;
+                            acc += grow[r] * l[j * m + r];
+                        }
+                    } else {
+#pragma omp simd reduction(+ : acc)
+                        for (int64_t r = 0; r < m; ++r) acc += grow[r] * l[j * m + r];
+                    }
+                    if (gx) gx[rj] += acc; /* row rj (group j < i) was written before this group */
+                }
+            }
         }
     }
 }

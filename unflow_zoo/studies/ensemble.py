@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from unflow_zoo.errors import ConfigError, DataError
 from unflow_zoo.transforms.monotone import ConstrainedMonotone
 from unflow_zoo.transforms.positive import log_positive
-from unflow_zoo.transforms.relu_integral import relu_net_integral_and_value
+from unflow_zoo.transforms.relu_integral import relu_net_integral_and_value, relu_net_integral_ar
 from unflow_zoo.transforms.tanh_sum import tanh_sum
 
 __all__ = ["ConstrainedEnsemble", "FlowMember", "UnconstrainedEnsemble"]
@@ -70,9 +70,13 @@ class _Ensemble(nn.Module):
     @torch.no_grad()
     def sgd_step(self, lr: Tensor) -> None:
         """``p -= lr_e * grad`` for every member ``e`` (``lr`` of shape ``(E,)``), then :meth:`project_`."""
+        rates = [-float(r) for r in lr.reshape(-1).tolist()]
         for p in self.trained().values():
             if p.grad is not None:
-                p.sub_(p.grad * lr.view(-1, *([1] * (p.ndim - 1))))
+                # member by member with a scalar rate: the same fused update as torch.optim.SGD's
+                # (p + alpha * grad), so a member's weights stay bitwise those of its run alone
+                for k, rate in enumerate(rates):
+                    p[k].add_(p.grad[k], alpha=rate)
                 p.grad = None
         self.project_()
 
@@ -135,12 +139,10 @@ class ConstrainedEnsemble(_Ensemble):
         e, d, m = w.shape
         super().__init__(e, d, m)
         self.w, self.b, self.a = nn.Parameter(w.clone()), nn.Parameter(b.clone()), nn.Parameter(a.clone())
-        self.lower_in = nn.Parameter(lower_in.clone()) if lower_in is not None else None
-        self.lower_out = nn.Parameter(lower_out.clone()) if lower_out is not None else None
-        if d > 1:
-            block = torch.tril(torch.ones(d, d), diagonal=-1)
-            self.register_buffer("mask_in", block.repeat_interleave(m, 0), persistent=False)  # (D*m, D)
-            self.register_buffer("mask_out", block.repeat_interleave(m, 1), persistent=False)  # (D, D*m)
+        # masked once: entries on and above the block diagonal are never read and never move
+        block = torch.tril(torch.ones(d, d), diagonal=-1)
+        self.lower_in = nn.Parameter(lower_in * block.repeat_interleave(m, 0)) if lower_in is not None else None
+        self.lower_out = nn.Parameter(lower_out * block.repeat_interleave(m, 1)) if lower_out is not None else None
         self.c, self.eps, self.linear_term = float(c), float(eps), float(linear_term)
 
     @classmethod
@@ -172,18 +174,15 @@ class ConstrainedEnsemble(_Ensemble):
         self.check_batch(x)
         w = self.w.clamp_min(self.eps)  # identical to the projected weights; keeps f monotone regardless
         a = self.a.clamp_min(self.eps)
-        lower_in = self.lower_in * self.mask_in if self.lower_in is not None else None
-        lower_out = self.lower_out * self.mask_out if self.lower_out is not None else None
-        y, log_dy = tanh_sum(x, w, self.b, a, lower_in, lower_out, self.c, self.linear_term)
+        # unmasked: tanh_sum reads only the blocks below the diagonal and gives the others a zero
+        # gradient, so the masked entries (zero from the start) stay zero with no projection
+        y, log_dy = tanh_sum(x, w, self.b, a, self.lower_in, self.lower_out, self.c, self.linear_term)
         return (-0.5 * y.square() - 0.5 * _LOG_2PI + log_dy).sum(-1)
 
     @torch.no_grad()
     def project_(self) -> None:
         self.w.clamp_(min=self.eps)
         self.a.clamp_(min=self.eps)
-        if self.lower_in is not None:
-            self.lower_in.mul_(self.mask_in)
-            self.lower_out.mul_(self.mask_out)  # type: ignore[union-attr]
 
     def member_state_dict(self, k: int) -> dict[str, Tensor]:
         """Member ``k`` as a state dict of :class:`ConstrainedMonotone` (``depth=1``)."""
@@ -265,17 +264,21 @@ class UnconstrainedEnsemble(_Ensemble):
         self.check_batch(x)
         e, batch, d = x.shape
         m = self.width
+        xg = x.permute(0, 2, 1).reshape(e * d, batch)
+        x0, w_t, a = self.lower.reshape(e * d, 1), self.w_t.reshape(e * d, m), self.a.reshape(e * d, m)
         if self.w_x is None:
             c = self.b.reshape(e * d, 1, m)  # shared by the points: the kernel sums its gradient
+            y, nx = relu_net_integral_and_value(
+                xg, x0, c, w_t, a, self.nodes, self.weights, self.phi, self.min_slope, uniform_right=True
+            )
         else:
-            wx = (self.w_x * self.mask_x).reshape(e, d * m, d)
-            c = torch.bmm(x, wx.transpose(1, 2)).view(e, batch, d, m) + self.b.unsqueeze(1)
-            c = c.permute(0, 2, 1, 3).reshape(e * d, batch, m)
-        xg = x.permute(0, 2, 1).reshape(e * d, batch)
-        y, nx = relu_net_integral_and_value(
-            xg, self.lower.reshape(e * d, 1), c, self.w_t.reshape(e * d, m), self.a.reshape(e * d, m),
-            self.nodes, self.weights, self.phi, self.min_slope, uniform_right=True,
-        )  # fmt: skip
+            # the conditioning W_i x_{<i} + b_i is formed inside the kernel, one point at a time;
+            # entries j >= i of lx are ignored there (and masked in the torch fallback)
+            lx = self.w_x.transpose(2, 3)  # (E, D, D_j, m)
+            y, nx = relu_net_integral_ar(
+                xg, x0, self.b.reshape(e * d, m), lx, w_t, a, self.nodes, self.weights, self.phi,
+                self.min_slope, uniform_right=True,
+            )  # fmt: skip
         lp = -y + log_positive(nx, self.phi, self.min_slope)  # as the transform computes its log-det
         lp = lp.view(e, d, batch).sum(1)
         outside = (y.view(e, d, batch) < 0).any(1)  # below the lower limit: zero base density

@@ -43,7 +43,12 @@ from unflow_zoo.nn.integrand import PaperInit
 from unflow_zoo.transforms.bisection import check_finite_target, check_round_trip, far_rows
 from unflow_zoo.transforms.integral import PHI_NAMES, PhiName, log_positive, positive, solve_monotone
 from unflow_zoo.transforms.quadrature import Quadrature, QuadratureRule, quadrature_rule
-from unflow_zoo.transforms.relu_integral import relu_net, relu_net_integral, relu_net_integral_and_value
+from unflow_zoo.transforms.relu_integral import (
+    relu_net,
+    relu_net_integral,
+    relu_net_integral_and_value,
+    relu_net_integral_ar,
+)
 
 __all__ = ["PaperUnconstrainedTransform"]
 
@@ -269,14 +274,20 @@ class PaperUnconstrainedTransform(Transform):
         # Full precision: the kernel's hand-written backward runs outside autocast and must
         # see the dtypes its forward saw.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            c = self._conditioning(x, context)
             a = self._top()
             xt = x.t().contiguous()  # one group per coordinate: (D, B)
             nodes, weights = self._rule()
-            y, n_x = relu_net_integral_and_value(
-                xt, self.lower.unsqueeze(-1), c, self.w_t, a, nodes, weights,
-                self.phi, self.min_slope, self._uniform_right,
-            )  # fmt: skip
+            if self.features > 1 and self._context_shift(context, x) is None:
+                # W_i x_{<i} + b_i formed inside the kernel (no (D, B, m) pre-activations stored)
+                y, n_x = relu_net_integral_ar(
+                    xt, self.lower.unsqueeze(-1), self.b, (self.W * self.mask).transpose(1, 2).unsqueeze(0),
+                    self.w_t, a, nodes, weights, self.phi, self.min_slope, self._uniform_right,
+                )  # fmt: skip
+            else:
+                y, n_x = relu_net_integral_and_value(
+                    xt, self.lower.unsqueeze(-1), self._conditioning(x, context), self.w_t, a, nodes, weights,
+                    self.phi, self.min_slope, self._uniform_right,
+                )  # fmt: skip
             ladj = log_positive(n_x, self.phi, self.min_slope).sum(dim=0)
         return y.t().contiguous(), ladj
 

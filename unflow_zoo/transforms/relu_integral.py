@@ -57,7 +57,14 @@ from torch.autograd.function import once_differentiable
 from unflow_zoo import native
 from unflow_zoo.transforms.positive import d_positive, positive
 
-__all__ = ["ReluNetIntegral", "relu_net", "relu_net_integral", "relu_net_integral_and_value"]
+__all__ = [
+    "ReluNetIntegral",
+    "ReluNetIntegralAR",
+    "relu_net",
+    "relu_net_integral",
+    "relu_net_integral_and_value",
+    "relu_net_integral_ar",
+]
 
 
 def relu_net(c: Tensor, w: Tensor, a: Tensor, t: Tensor) -> Tensor:
@@ -153,11 +160,11 @@ def _forward_native(
     y = x.new_empty(g, batch)
     nx = torch.empty_like(y)
     dphi = x.new_empty(g, batch, k)
-    work = x.new_empty(8 * (2 * k + 2) + 3 * m)  # 4 interleaved bin tables x 2 sums; per-unit terms
+    work = _forward_work(x, m, k)  # held here: a temporary would be freed before the call
     P = native.ptr
     native.library().relu_integral_forward(  # type: ignore[union-attr]
         g, batch, m, k, P(x), P(x0), P(c), int(ctx.shared), P(w), P(a), P(weights), _PHI_CODES[phi], eps,
-        P(y), P(nx), P(dphi), P(work),
+        P(y), P(nx), P(dphi), P(work), 1, None,
     )  # fmt: skip
     ctx.save_for_backward(x, x0, c, w, a, weights, nx, dphi)
     return y, nx
@@ -174,15 +181,112 @@ def _backward_native(ctx: Any, grad: Tensor | None, grad_nx: Tensor | None) -> t
     gw = x.new_empty(g, m) if need_w else None
     ga = x.new_empty(g, m) if need_a else None
     gx = x.new_empty(g, batch) if need_x else None
-    work = x.new_empty(4 * k + 4)
+    work = _backward_work(x, m, k)
     P = native.ptr
     native.library().relu_integral_backward(  # type: ignore[union-attr]
         g, batch, m, k, P(x), P(x0), P(c), int(ctx.shared), P(w), P(a), P(weights), _PHI_CODES[ctx.phi],
         ctx.eps, P(nx), P(dphi), P(grad), P(grad_nx), P(gc), P(gw), P(ga), P(gx), P(work),
+        1, None, None,
     )  # fmt: skip
     if gc is not None and ctx.shared:
         gc = gc.unsqueeze(1)
     return gx, None, gc, gw, ga, None, None, None, None, None
+
+
+def _forward_work(like: Tensor, m: int, k: int) -> Tensor:
+    """Scratch of the forward kernel: 4 interleaved bin tables x 2 sums, per-unit terms and bins, one
+    conditioning row."""
+    return like.new_empty(8 * (2 * k + 2) + 4 * m)
+
+
+def _backward_work(like: Tensor, m: int, k: int) -> Tensor:
+    """Scratch of the backward kernel: the suffix/prefix tables, a conditioning row and a gradient row."""
+    return like.new_empty(4 * k + 4 + 2 * m)
+
+
+class ReluNetIntegralAR(torch.autograd.Function):
+    """The fused kernel with the seed paper's D > 1 conditioning formed inside it (see
+    :func:`relu_net_integral_ar`); float32 on the CPU with the kernels built only."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, x0: Tensor, bias: Tensor, lx: Tensor, w: Tensor, a: Tensor, weights: Tensor,
+        phi: str, eps: float,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        g, batch = x.shape
+        _, d, _, m = lx.shape
+        k = weights.shape[0]
+        x, bias, lx, w, a, weights = (v.contiguous() for v in (x, bias, lx, w, a, weights))
+        x0 = x0.reshape(g).contiguous()
+        y = x.new_empty(g, batch)
+        nx = torch.empty_like(y)
+        dphi = x.new_empty(g, batch, k)
+        work = _forward_work(x, m, k)  # held here: a temporary would be freed before the call
+        P = native.ptr
+        native.library().relu_integral_forward(  # type: ignore[union-attr]
+            g, batch, m, k, P(x), P(x0), P(bias), 1, P(w), P(a), P(weights), _PHI_CODES[phi], eps,
+            P(y), P(nx), P(dphi), P(work), d, P(lx),
+        )  # fmt: skip
+        ctx.phi, ctx.eps = phi, eps
+        ctx.save_for_backward(x, x0, bias, lx, w, a, weights, nx, dphi)
+        return y, nx
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor | None, grad_nx: Tensor | None) -> tuple[Tensor | None, ...]:
+        x, x0, bias, lx, w, a, weights, nx, dphi = ctx.saved_tensors
+        need_x, _, need_bias, need_lx, need_w, need_a = ctx.needs_input_grad[:6]
+        g, batch = x.shape
+        e, d, _, m = lx.shape
+        k = weights.shape[0]
+        grad = torch.zeros_like(x) if grad is None else grad.contiguous()
+        grad_nx = torch.zeros_like(x) if grad_nx is None else grad_nx.contiguous()
+        gbias = x.new_empty(g, m)  # also the kernel's per-unit accumulator of the c gradient
+        glx = x.new_empty(e, d, d, m) if need_lx else None
+        gw = x.new_empty(g, m) if need_w else None
+        ga = x.new_empty(g, m) if need_a else None
+        gx = x.new_empty(g, batch) if need_x else None
+        work = _backward_work(x, m, k)
+        P = native.ptr
+        native.library().relu_integral_backward(  # type: ignore[union-attr]
+            g, batch, m, k, P(x), P(x0), P(bias), 1, P(w), P(a), P(weights), _PHI_CODES[ctx.phi], ctx.eps,
+            P(nx), P(dphi), P(grad), P(grad_nx), P(gbias), P(gw), P(ga), P(gx), P(work),
+            d, P(lx), P(glx),
+        )  # fmt: skip
+        return gx, None, gbias if need_bias else None, glx, gw, ga, None, None, None
+
+
+def relu_net_integral_ar(
+    x: Tensor,
+    x0: Tensor,
+    bias: Tensor,
+    lx: Tensor,
+    w: Tensor,
+    a: Tensor,
+    nodes: Tensor,
+    weights: Tensor,
+    phi: str = "elu",
+    eps: float = 0.0,
+    uniform_right: bool = False,
+) -> tuple[Tensor, Tensor]:
+    r""":func:`relu_net_integral_and_value` for ``E`` members of the seed paper's ``D``-coordinate
+    layout, whose pre-activations are :math:`c_{ir} = b_{ir} + \sum_{j<i} L_{ijr} x_j` (coordinate
+    ``i`` fed the raw :math:`x_{<i}` of its own member).
+
+    Shapes: groups ``g = e * D + i``; ``x`` ``(G, B)``, ``x0`` ``(G, 1)``, ``bias``, ``w``, ``a``
+    ``(G, m)``, ``lx`` ``(E, D, D, m)`` with ``lx[e, i, j]`` the weights from :math:`x_j` into
+    coordinate ``i``; entries with ``j >= i`` are ignored (they get a zero gradient). Returns the
+    integrals and :math:`N(x)`, each ``(G, B)``. The fused kernel forms ``c`` one point at a time
+    (nothing of size ``G * B * m`` is stored); elsewhere ``c`` is formed in torch and the result
+    is the same (the tests compare them).
+    """
+    e, d, _, m = lx.shape
+    if uniform_right and native.usable(x, x0, bias, lx, w, a, weights):
+        return ReluNetIntegralAR.apply(x, x0, bias, lx, w, a, weights, phi, float(eps))
+    mask = torch.tril(torch.ones(d, d, dtype=lx.dtype, device=lx.device), diagonal=-1)  # j < i
+    xs = x.view(e, d, -1)  # (E, D_j, B)
+    c = bias.view(e, d, 1, m) + torch.einsum("ejb,eijr->eibr", xs, lx * mask.view(1, d, d, 1))
+    return relu_net_integral_and_value(x, x0, c.reshape(e * d, -1, m), w, a, nodes, weights, phi, eps, uniform_right)
 
 
 def _switch_bins(alpha: Tensor, beta: Tensor, nodes: Tensor, uniform_right: bool) -> Tensor:

@@ -50,6 +50,11 @@ __all__ = ["TanhSum", "tanh_sum"]
 SATURATION_SHARE = 0.02
 
 
+def _block_mask(d: int, m: int, like: Tensor) -> Tensor:
+    """``(D, D)`` ones strictly below the diagonal (``j < i``), in ``like``'s dtype and device."""
+    return torch.tril(torch.ones(d, d, dtype=like.dtype, device=like.device), diagonal=-1)
+
+
 def _to_groups(v: Tensor) -> Tensor:
     """``(E, B, D)`` -> ``(E * D, B)``."""
     e, b, d = v.shape
@@ -93,6 +98,9 @@ class TanhSum(torch.autograd.Function):
         ctx.native = native.usable(x, w, b, a, lower_in, lower_out)
         if ctx.native:
             return _forward_native(ctx, x, xg, wg, bg, ag, lower_in, lower_out, c, alpha)
+        # the kernel reads only the blocks below the diagonal; here they are masked explicitly
+        lower_in = lower_in * _block_mask(d, m, x).repeat_interleave(m, 0) if lower_in is not None else None
+        lower_out = lower_out * _block_mask(d, m, x).repeat_interleave(m, 1) if lower_out is not None else None
         z = torch.addcmul(bg.unsqueeze(1), xg.unsqueeze(-1), wg.unsqueeze(1)).contiguous()  # (G, B, m)
         if lower_in is not None:
             zl = torch.bmm(x, lower_in.transpose(1, 2))  # (E, B, D*m)
@@ -177,8 +185,10 @@ class TanhSum(torch.autograd.Function):
         gz_p = _units_by_point(gz, e) if (need_li or (need_x and lower_in is not None)) else None
         if need_li:
             gli = torch.bmm(gz_p.transpose(1, 2), x)  # (E, D*m, D)
+            gli.mul_(_block_mask(d, m, x).repeat_interleave(m, 0))  # zero on and above the diagonal
         if need_lo:
             glo = c * torch.bmm(gy.transpose(1, 2), _units_by_point(t, e))  # (E, D, D*m)
+            glo.mul_(_block_mask(d, m, x).repeat_interleave(m, 1))
         if need_x:
             gxg = (gz * wg.unsqueeze(1)).sum(-1)
             if alpha != 0.0:
@@ -281,9 +291,12 @@ def tanh_sum(
         w: positive input weights of the diagonal blocks, ``(E, D, m)``.
         b: biases, ``(E, D, m)``.
         a: positive output weights of the diagonal blocks, ``(E, D, m)``.
-        lower_in: free weights from :math:`x_{<i}` into block ``i``, ``(E, D*m, D)``, zero on
-            and above the block diagonal (``None`` for ``D = 1`` or independent coordinates).
-        lower_out: free output weights from blocks ``j < i`` into :math:`y_i`, ``(E, D, D*m)``.
+        lower_in: free weights from :math:`x_{<i}` into block ``i``, ``(E, D*m, D)`` (``None``
+            for ``D = 1`` or independent coordinates). Only the blocks below the diagonal are
+            read; entries on and above it are ignored and get a zero gradient, so a caller need
+            not mask them.
+        lower_out: free output weights from blocks ``j < i`` into :math:`y_i`, ``(E, D, D*m)``
+            (likewise only below the block diagonal).
         c: scale after the tanh.
         alpha: fixed linear term.
     """
