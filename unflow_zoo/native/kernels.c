@@ -439,24 +439,7 @@ void relu_integral_backward(int64_t G, int64_t B, int64_t m, int64_t K, const fl
                 tgs[K + 2 + k] = accs;
             }
             float sx = 0.0f;
-            if (lx && ic > 0 && gwg && !gag) {
-                /* autoregressive training case: the bias gradient accumulates in gcr (G,m), the
-                 * pre-activation gradient of this point goes to grow for the x_{<i} weights */
-#pragma omp simd reduction(+ : sx)
-                for (int64_t r = 0; r < m; ++r) {
-                    const float al = cr[r] + wg[r] * xl, be = wg[r] * d;
-                    const int32_t i = switch_bin(al, be, (int32_t)K);
-                    const float on = (al + be) > 0.0f ? gn : 0.0f;
-                    const float ga_ = ag[r] * (tg[i] + on), gb_ = ag[r] * (tgs[i] + on);
-                    grow[r] = ga_;
-                    gwg[r] += ga_ * xl + gb_ * d;
-                    sx += on * ag[r] * wg[r];
-                }
-                if (gcr) {
-#pragma omp simd
-                    for (int64_t r = 0; r < m; ++r) gcr[r] += grow[r];
-                }
-            } else if (gcr && !c_shared && gwg && !gag) {
+            if (gcr && !c_shared && gwg && !gag) {
                 /* the training case (c per point, w trained, a fixed): one vectorised loop with gathers */
 #pragma omp simd reduction(+ : sx)
                 for (int64_t r = 0; r < m; ++r) {
@@ -478,6 +461,7 @@ void relu_integral_backward(int64_t G, int64_t B, int64_t m, int64_t K, const fl
                     gcr[r] += ga_;
                     gwg[r] += ga_ * xl + gb_ * d;
                     sx += on * ag[r] * wg[r];
+                    if (lx) grow[r] = ga_; /* for the x_{<i} weights below (loop-invariant test) */
                 }
             } else {
                 for (int64_t r = 0; r < m; ++r) {
